@@ -1,0 +1,30 @@
+# qtkit: two commands on a fresh machine.
+#   make test   creates .venv, installs qtkit with its test extras (pinned in constraints.txt), runs the suite
+#   make demo   makes a PointMaze dataset if missing, trains dt-gpt and qt-gpt-nstep, writes runs/demo/
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: test demo install lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(VENV)/bin/qtkit demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

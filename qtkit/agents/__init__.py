@@ -1,0 +1,6 @@
+"""Agent families (kind ``agent``): own the training loop, optimisers, EMA/targets, checkpoints."""
+
+from qtkit.agents.base import Agent
+from qtkit.agents.qt import QTAgent
+
+__all__ = ["Agent", "QTAgent"]

@@ -1,0 +1,88 @@
+"""The agent base: owns components, config, device; families add training and acting."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from qtkit.config import dump_yaml
+
+
+class Agent:
+    """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
+    ``sampler``). Subclasses (agent families) define ``TrainConfig`` and the training step."""
+
+    TrainConfig: ClassVar[type]
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        policy: Any = None,
+        critic: Any = None,
+        backup: Any = None,
+        sampler: Any = None,
+    ) -> None:
+        self.config = copy.deepcopy(config)
+        self.train_config = self.TrainConfig(**config["train"])
+        self.policy = policy
+        self.critic = critic
+        self.backup = backup
+        self.sampler = sampler
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", ""))
+
+    @property
+    def shapes(self) -> dict[str, Any]:
+        return dict(self.config["shapes"])
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The trainable modules of the agent, by slot."""
+        return {
+            slot: module
+            for slot in ("policy", "critic")
+            if isinstance(module := getattr(self, slot), nn.Module)
+        }
+
+    def num_parameters(self) -> dict[str, int]:
+        return {slot: sum(p.numel() for p in m.parameters()) for slot, m in self.modules().items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All weights, flat: ``{"policy.xxx": tensor, "critic.yyy": tensor}``."""
+        out: dict[str, torch.Tensor] = {}
+        for slot, module in self.modules().items():
+            for key, value in module.state_dict().items():
+                out[f"{slot}.{key}"] = value
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for slot, module in self.modules().items():
+            prefix = f"{slot}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def to(self, device: str | torch.device) -> Agent:
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device)
+        return self
+
+    def describe(self) -> str:
+        return dump_yaml(self.config)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{slot}={spec['type']!r}"
+            for slot in ("policy", "critic", "backup", "sampler")
+            if (spec := self.config.get(slot))
+        )
+        return f"{type(self).__name__}({self.name!r}, {parts})"
+
+    def train_config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.train_config)

@@ -1,0 +1,1 @@
+"""Components of kind `backbone`: sequence models over token embeddings."""

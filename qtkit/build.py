@@ -1,0 +1,166 @@
+"""``qtkit.build``: preset (or file, or resolved config) + shapes + overrides -> agent."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from qtkit.config import SHAPE_KEYS, SLOTS, apply_overrides, load_preset, resolve_config
+from qtkit.errors import ConfigError, MissingShapeError, ParameterTypeError
+from qtkit.registry import CONTEXT_PARAMS, get_component
+
+
+def _shapes_from_env(env: Any) -> dict[str, Any]:
+    import gymnasium as gym
+    import numpy as np
+
+    if isinstance(env, str):
+        env = gym.make(env)
+    obs_space = getattr(env, "single_observation_space", None) or env.observation_space
+    act_space = getattr(env, "single_action_space", None) or env.action_space
+    if not isinstance(act_space, gym.spaces.Box):
+        raise ConfigError(
+            f"env action space {act_space} is not continuous (Box); qtkit's policies and critics "
+            "support bounded continuous actions only."
+        )
+    return {
+        "obs_dim": int(gym.spaces.flatdim(obs_space)),
+        "act_dim": int(np.prod(act_space.shape)),
+        "action_low": [float(x) for x in np.asarray(act_space.low, dtype=np.float64).reshape(-1)],
+        "action_high": [float(x) for x in np.asarray(act_space.high, dtype=np.float64).reshape(-1)],
+    }
+
+
+def _shapes_from_dataset(dataset: Any) -> dict[str, Any]:
+    import numpy as np
+
+    return {
+        "obs_dim": int(dataset.obs_dim),
+        "act_dim": int(dataset.act_dim),
+        "action_low": [float(x) for x in np.asarray(dataset.action_low, dtype=np.float64).reshape(-1)],
+        "action_high": [float(x) for x in np.asarray(dataset.action_high, dtype=np.float64).reshape(-1)],
+    }
+
+
+def resolve_shapes(
+    preset: str,
+    stored: Mapping[str, Any] | None,
+    explicit: Mapping[str, Any],
+    dataset: Any = None,
+    env: Any = None,
+) -> dict[str, Any]:
+    """Merge shapes: explicit args > dataset > env > the config's stored ``shapes``."""
+    shapes: dict[str, Any] = dict(stored or {})
+    if env is not None:
+        shapes.update(_shapes_from_env(env))
+    if dataset is not None:
+        shapes.update(_shapes_from_dataset(dataset))
+    shapes.update({k: v for k, v in explicit.items() if v is not None})
+    for key in ("obs_dim", "act_dim"):
+        if shapes.get(key) is None:
+            raise MissingShapeError(
+                f"preset {preset!r}: {key} is unknown. Pass it (qtkit.build({preset!r}, obs_dim=11, "
+                "act_dim=3)), or give dataset=... or env=... to read it from there."
+            )
+        value = shapes[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterTypeError(f"preset {preset!r}: {key} must be a positive int, got {value!r}.")
+    act_dim = shapes["act_dim"]
+    for key, fill in (("action_low", -1.0), ("action_high", 1.0)):
+        value = shapes.get(key)
+        if value is None:
+            value = [fill] * act_dim
+        elif isinstance(value, int | float):
+            value = [float(value)] * act_dim
+        elif isinstance(value, Sequence) or hasattr(value, "tolist"):
+            value = [float(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+        else:
+            raise ParameterTypeError(f"preset {preset!r}: {key} must be a number or a list, got {value!r}.")
+        if len(value) != act_dim:
+            raise ConfigError(
+                f"preset {preset!r}: {key} has {len(value)} entries but act_dim is {act_dim}. "
+                "Give one bound per action dimension (or a single number)."
+            )
+        shapes[key] = value
+    if any(lo >= hi for lo, hi in zip(shapes["action_low"], shapes["action_high"], strict=True)):
+        raise ConfigError(
+            f"preset {preset!r}: every action_low must be below action_high, got "
+            f"{shapes['action_low']} and {shapes['action_high']}."
+        )
+    return {k: shapes[k] for k in SHAPE_KEYS}
+
+
+def instantiate(kind: str, spec: Mapping[str, Any] | None, context: Mapping[str, Any]) -> Any:
+    """Build one component from a resolved spec, passing the context params it asks for."""
+    if spec is None:
+        return None
+    entry = get_component(kind, spec["type"])
+    kwargs = {k: copy.deepcopy(v) for k, v in spec.items() if k != "type"}
+    for name in entry.context():
+        if name not in context or context[name] is None:
+            raise ConfigError(f"{kind} {entry.name!r} needs {name!r} but the builder has none to give.")
+        kwargs[name] = context[name]
+    return entry.target(**kwargs)
+
+
+def build(
+    preset: str | Mapping[str, Any],
+    *,
+    obs_dim: int | None = None,
+    act_dim: int | None = None,
+    action_low: float | Sequence[float] | None = None,
+    action_high: float | Sequence[float] | None = None,
+    dataset: Any = None,
+    env: Any = None,
+    **overrides: Any,
+) -> Any:
+    """Build a complete agent.
+
+    ``preset`` is a built-in preset name (``"qt-gpt-nstep"``), ``"file.yaml:name"``, or a resolved
+    config dict (``agent.config``), which rebuilds an equal agent. Shapes come from the keyword
+    arguments, a ``TrainingDataset``-like ``dataset`` or a gymnasium ``env`` (object or id).
+    ``overrides`` swap a slot (``backup="one-step"``), change its params (``critic={"hidden": 512}``)
+    or set training params (``eta=2.0``).
+    """
+    if isinstance(preset, Mapping):
+        config = copy.deepcopy(dict(preset))
+        config.setdefault("name", "<config>")
+    elif isinstance(preset, str):
+        config = load_preset(preset)
+    else:
+        raise ParameterTypeError(
+            f"qtkit.build expects a preset name, 'file.yaml:name' or a config dict, got {type(preset).__name__}."
+        )
+    config = apply_overrides(config, overrides)
+    resolved = resolve_config(config)
+    shapes = resolve_shapes(
+        resolved["name"],
+        config.get("shapes"),
+        {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": action_low, "action_high": action_high},
+        dataset=dataset,
+        env=env,
+    )
+    resolved["shapes"] = shapes
+    context: dict[str, Any] = {
+        **shapes,
+        "gamma": resolved["train"].get("gamma"),
+        "rtg_scale": resolved["train"].get("rtg_scale"),
+    }
+    components: dict[str, Any] = {}
+    for slot in SLOTS:
+        if slot == "backbone":
+            continue  # the backbone is built for the component that asks for it (below)
+        slot_context = dict(context)
+        entry_spec = resolved[slot]
+        if entry_spec is not None and "backbone" in get_component(slot, entry_spec["type"]).context():
+            if resolved["backbone"] is None:
+                raise ConfigError(
+                    f"preset {resolved['name']!r}: {slot} {entry_spec['type']!r} needs a backbone but "
+                    "the 'backbone' slot is null. Name one (`qtkit list components`)."
+                )
+            slot_context["backbone"] = instantiate("backbone", resolved["backbone"], context)
+        components[slot] = instantiate(slot, entry_spec, slot_context)
+    assert not (set(context) - CONTEXT_PARAMS)
+    agent_entry = get_component("agent", resolved["agent"])
+    return agent_entry.target(config=resolved, **components)

@@ -1,0 +1,56 @@
+"""The training batch: windows of K consecutive steps, one episode per row."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A batch of B windows of K steps. Padded positions (``mask`` False) hold zeros.
+
+    observations       [B, K, obs]  raw (unstandardised) observation o_t, flattened
+    next_observations  [B, K, obs]  o_{t+1}, the observation after step t (exists for every
+                                    valid step: episodes keep their final observation)
+    actions            [B, K, act]  a_t
+    rewards            [B, K]       r_t
+    rtg                [B, K]       undiscounted return-to-go sum_{k>=t} r_k, divided by rtg_scale
+    returns            [B, K]       discounted Monte-Carlo return G_t over the whole episode
+    timesteps          [B, K]       absolute step index t within its episode (long)
+    terminals          [B, K]       True where the MDP terminated after step t (bool)
+    mask               [B, K]       True at valid positions (bool), contiguous per row
+    """
+
+    observations: Tensor
+    next_observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+    rtg: Tensor
+    returns: Tensor
+    timesteps: Tensor
+    terminals: Tensor
+    mask: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def context(self) -> int:
+        return int(self.mask.shape[1])
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(**{
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in dataclasses.fields(self)
+        })
+
+    def pin_memory(self) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in dataclasses.fields(self)})
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,0 +1,54 @@
+"""Shared fixtures: hypothesis profiles, a standard build context for component contract tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=200, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: The shapes and training values every component contract test builds with.
+CONTEXT: dict[str, Any] = {
+    "obs_dim": 5,
+    "act_dim": 3,
+    "action_low": [-1.0, -2.0, 0.0],
+    "action_high": [1.0, 2.0, 1.0],
+    "gamma": 0.9,
+    "rtg_scale": 10.0,
+}
+#: A small backbone for components that need one.
+SMALL_BACKBONE: dict[str, Any] = {"type": "gpt2", "width": 32, "depth": 1, "heads": 2, "dropout": 0.0}
+
+
+def build_component(kind: str, spec: dict[str, Any] | str, **context: Any) -> Any:
+    """Resolve ``spec`` for ``kind`` and instantiate it with the standard contract context."""
+    from qtkit.build import instantiate
+    from qtkit.config import resolve_slot
+    from qtkit.registry import get_component
+
+    resolved = resolve_slot(kind, spec, preset="<test>")
+    ctx = {**CONTEXT, **context}
+    entry = get_component(kind, resolved["type"])
+    if "backbone" in entry.context() and "backbone" not in context:
+        ctx["backbone"] = instantiate("backbone", resolve_slot("backbone", SMALL_BACKBONE, preset="<test>"), ctx)
+    return instantiate(kind, resolved, ctx)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_minari(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's ~/.minari and never download during tests."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.getbasetemp() / "minari"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -1,0 +1,62 @@
+"""The contract every registered component of every kind passes (d3rlpy-style shared test).
+
+Kind-specific contracts (shapes, forward/backward, save/load) live in ``test_contract_<kind>.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import yaml
+
+import qtkit
+from qtkit.config import resolve_slot
+from qtkit.errors import UnknownParameterError
+from qtkit.registry import get_component
+from tests.conftest import build_component
+
+SLOT_KINDS = ["backbone", "policy", "critic", "backup", "sampler"]
+ALL = [(kind, name) for kind in SLOT_KINDS for name in qtkit.list_components(kind)]
+
+
+def test_every_kind_has_components() -> None:
+    listing = qtkit.list_components()
+    assert set(SLOT_KINDS) <= set(listing)
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL, ids=[f"{k}:{n}" for k, n in ALL])
+class TestComponentContract:
+    def test_builds_from_defaults(self, kind: str, name: str) -> None:
+        component = build_component(kind, name)
+        assert component is not None
+        assert type(component).__name__  # a real object
+
+    def test_every_parameter_has_a_default_and_docstring(self, kind: str, name: str) -> None:
+        entry = get_component(kind, name)
+        assert entry.required() == [], f"{kind} {name} has required params {entry.required()}"
+        assert entry.doc(), f"{kind} {name} has no docstring"
+
+    def test_rejects_unknown_params(self, kind: str, name: str) -> None:
+        with pytest.raises(UnknownParameterError) as info:
+            resolve_slot(kind, {"type": name, "definitely_not_a_param": 1}, preset="p")
+        message = str(info.value)
+        assert "definitely_not_a_param" in message and "'p'" in message and kind in message
+        for param in get_component(kind, name).parameters():
+            assert param in message  # the accepted parameters are listed
+
+    def test_config_round_trips(self, kind: str, name: str) -> None:
+        resolved = resolve_slot(kind, name, preset="p")
+        assert set(resolved) == {"type", *get_component(kind, name).parameters()}
+        again = resolve_slot(kind, yaml.safe_load(yaml.safe_dump(resolved)), preset="p")
+        assert again == resolved
+
+    def test_context_params_are_not_settable(self, kind: str, name: str) -> None:
+        entry = get_component(kind, name)
+        for param in entry.context():
+            with pytest.raises(UnknownParameterError, match=param):
+                resolve_slot(kind, {"type": name, param: 1}, preset="p")
+
+    def test_signature_is_keyword_friendly(self, kind: str, name: str) -> None:
+        for p in get_component(kind, name).signature.parameters.values():
+            assert p.kind is not inspect.Parameter.POSITIONAL_ONLY
