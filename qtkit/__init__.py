@@ -4,7 +4,7 @@
 >>> agent = qtkit.build("qt-gpt-nstep", obs_dim=11, act_dim=3)
 """
 
-from qtkit.build import build
+from qtkit.build import build, load
 from qtkit.config import list_presets
 from qtkit.errors import (
     CheckpointError,
@@ -41,6 +41,7 @@ __all__ = [
     "UnknownParameterError",
     "__version__",
     "build",
+    "load",
     "get_component",
     "list_components",
     "list_presets",

@@ -164,3 +164,19 @@ def build(
     assert not (set(context) - CONTEXT_PARAMS)
     agent_entry = get_component("agent", resolved["agent"])
     return agent_entry.target(config=resolved, **components)
+
+
+def load(directory: str | Any, *, device: str | None = None) -> Any:
+    """Restore an agent saved with ``agent.save(dir)`` (or a ``qtkit train --out`` run folder)."""
+    from pathlib import Path
+
+    from qtkit.checkpoint import read_checkpoint
+
+    directory = Path(directory)
+    if (directory / "checkpoint").is_dir() and not (directory / "config.yaml").is_file():
+        directory = directory / "checkpoint"
+    config, weights, state = read_checkpoint(directory)
+    agent = build(config)
+    agent.load_weights(weights, state)
+    agent.to(device or agent.resolve_device())
+    return agent

@@ -1,14 +1,24 @@
 """The QT agent family: a sequence policy trained with L_DT + eta * L_Q against a critic.
 
-Decision Transformer is this family with ``eta = 0`` and no critic (ALGORITHMS.md §2-§4).
+Decision Transformer is this family with ``eta = 0`` and no critic (ALGORITHMS.md §2-§5).
+The training step (:meth:`QTAgent.train_step`) reads top to bottom: critic update with the
+preset's backup, policy update, then target/EMA updates.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
 
 from qtkit.agents.base import Agent
+from qtkit.data.batch import Batch
+from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 from qtkit.registry import register
 
 
@@ -26,7 +36,7 @@ class QTTrainConfig:
     weight_decay: float = 1.0e-4
     critic_lr: float = 3.0e-4
     critic_weight_decay: float = 0.0
-    optimizer: str = "adam"  # any timm create_optimizer_v2 name
+    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
     scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
     warmup_steps: int = 0
     min_lr: float = 0.0
@@ -35,15 +45,20 @@ class QTTrainConfig:
     tau: float = 0.005  # soft target update of the critic, every step
     ema_decay: float = 0.995  # EMA copy of the policy used for bootstrap actions
     ema_every: int = 5
-    ema_start: int = 1000
+    ema_start: int = 1000  # before this step the EMA copy tracks the policy exactly
     seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
     eval_episodes: int = 10
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA
-    compile: bool = False  # torch.compile the policy and critic
+    compile: bool = False  # torch.compile the policy and critic forward passes
     log_every: int = 100
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.to(x.dtype)
+    return (x * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 @register("agent", "qt")
@@ -51,3 +66,355 @@ class QTAgent(Agent):
     """QT / Decision Transformer: GPT-style policy, optional twin critic, n-step backups."""
 
     TrainConfig = QTTrainConfig
+
+    def __init__(self, config: dict[str, Any], policy: Any = None, critic: Any = None,
+                 backup: Any = None, sampler: Any = None) -> None:
+        super().__init__(config, policy, critic, backup, sampler)
+        tc = self.train_config
+        obs_dim = self.shapes["obs_dim"]
+        self.obs_mean = torch.zeros(obs_dim)
+        self.obs_std = torch.ones(obs_dim)
+        self.return_targets: list[float] | None = None  # raw units, set from the dataset at fit
+        self.ref_scores: tuple[float, float] | None = None
+        self.ema_policy: nn.Module | None = None
+        if critic is not None and getattr(critic, "needs_policy_actions", False):
+            self.ema_policy = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)
+        self.policy_optimizer: torch.optim.Optimizer | None = None
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.policy_scheduler: Any = None
+        self.critic_scheduler: Any = None
+        self._total_steps: int | None = None
+        self._eval_history: list[dict[str, Any]] = []
+        self._rollout: Any = None
+        self.env_spec: str | None = None  # the dataset's env (id or EnvSpec JSON), for evaluate()
+
+    # ------------------------------------------------------------------ set-up
+    def modules(self) -> dict[str, nn.Module]:
+        out = super().modules()
+        if self.ema_policy is not None:
+            out["ema_policy"] = self.ema_policy
+        return out
+
+    def resolve_device(self) -> torch.device:
+        wanted = self.train_config.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(wanted)
+        if device.type == "cuda" and self.train_config.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return device
+
+    def autocast(self) -> Any:
+        enabled = self.train_config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Agent and dataset must agree on observation and action sizes (names both shapes)."""
+        for key in ("obs_dim", "act_dim"):
+            mine, theirs = self.shapes[key], int(getattr(dataset, key))
+            if mine != theirs:
+                raise ShapeMismatchError(
+                    f"agent {self.name!r} was built with {key}={mine} but dataset "
+                    f"{dataset.metadata.get('dataset_id', dataset)!r} has {key}={theirs}. Build the agent "
+                    "with qtkit.build(..., dataset=dataset) so the shapes come from the data."
+                )
+
+    def prepare(self, dataset: Any) -> None:
+        """Take observation statistics, return targets and reference scores from the dataset."""
+        self.check_dataset(dataset)
+        self.obs_mean = torch.as_tensor(np.asarray(dataset.obs_mean), dtype=torch.float32)
+        self.obs_std = torch.as_tensor(np.asarray(dataset.obs_std), dtype=torch.float32)
+        best = float(np.max(dataset.episode_returns))
+        targets = getattr(self.sampler, "targets", None)
+        fractions = getattr(self.sampler, "target_fractions", [1.0])
+        self.return_targets = list(targets) if targets else [best * f for f in fractions]
+        lo, hi = dataset.metadata.get("ref_min_score"), dataset.metadata.get("ref_max_score")
+        self.ref_scores = (float(lo), float(hi)) if lo is not None and hi is not None else None
+        spec = dataset.metadata.get("eval_env_spec") or dataset.metadata.get("env_spec") or dataset.metadata.get("env_id")
+        self.env_spec = spec.to_json() if hasattr(spec, "to_json") else spec
+
+    def _make_optimizers(self, total_steps: int) -> None:
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        tc = self.train_config
+
+        def scheduler(optimizer: torch.optim.Optimizer) -> Any:
+            if tc.scheduler == "none":
+                return None
+            sched, _ = create_scheduler_v2(
+                optimizer, sched=tc.scheduler, num_epochs=max(1, total_steps - tc.warmup_steps),
+                warmup_epochs=tc.warmup_steps, warmup_prefix=True, min_lr=tc.min_lr,
+                warmup_lr=tc.lr * 0.01 if tc.warmup_steps else 1e-5, step_on_epochs=False, updates_per_epoch=1,
+            )
+            return sched
+
+        self.policy_optimizer = create_optimizer_v2(self.policy, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.policy_scheduler = scheduler(self.policy_optimizer)
+        if self.critic is not None:
+            self.critic_optimizer = create_optimizer_v2(
+                self.critic.net, opt=tc.optimizer, lr=tc.critic_lr, weight_decay=tc.critic_weight_decay
+            )
+            self.critic_scheduler = scheduler(self.critic_optimizer)
+        self._total_steps = total_steps
+
+    def standardize(self, observations: Tensor) -> Tensor:
+        return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on a batch of windows: critic, then policy, then targets and EMA."""
+        tc = self.train_config
+        states = self.standardize(batch.observations)
+        next_states = self.standardize(batch.next_observations)
+        actions, rtg, timesteps, mask = batch.actions, batch.rtg, batch.timesteps, batch.mask
+        metrics: dict[str, Tensor] = {}
+
+        # 1. Critic: targets from the preset's backup, bootstrapped through the EMA policy (eval mode).
+        if self.critic is not None:
+            with torch.no_grad(), self.autocast():
+                bootstrap_actions = None
+                if self.ema_policy is not None and self.backup.needs_next_values:
+                    bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask)[0].float()
+                next_values, next_valid = self.critic.bootstrap(states, next_states, bootstrap_actions, mask)
+                targets, valid = self.backup(batch, next_values.float(), next_valid)
+            with self.autocast():
+                critic_loss, critic_metrics = self.critic.loss(states, actions, targets, valid, batch=batch)
+            self._step_optimizer(self.critic_optimizer, self.critic_scheduler, critic_loss, self.critic.parameters(),
+                                 tc.critic_grad_clip, "critic")
+            metrics.update(critic_metrics)
+            metrics["target_valid_frac"] = valid.float().mean()
+
+        # 2. Policy: behaviour cloning (+ next-state prediction) + eta * normalised Q term.
+        with self.autocast():
+            predicted, predicted_next = self.policy(states, actions, rtg, timesteps, mask)
+            loss, policy_metrics = self.policy.bc_loss(predicted, predicted_next, actions, next_states, mask)
+            if self.critic is not None and tc.eta > 0:
+                self.critic.requires_grad_(False)
+                q = self.critic(states, predicted)  # [E, B, K]
+                self.critic.requires_grad_(True)
+                members = torch.randperm(q.shape[0], generator=self.generator)
+                i, j = int(members[0]), int(members[-1])
+                q_loss = -_masked_mean(q[i], mask) / _masked_mean(q[j].abs(), mask).detach().clamp(min=1e-6)
+                loss = loss + tc.eta * q_loss
+                metrics["q_loss"] = q_loss.detach()
+        self._step_optimizer(self.policy_optimizer, self.policy_scheduler, loss, self.policy.parameters(),
+                             tc.grad_clip, "policy")
+        metrics.update(policy_metrics)
+        metrics["policy_loss"] = loss.detach()
+
+        # 3. Targets: soft critic target update every step; EMA policy every ema_every steps.
+        self.step += 1
+        if self.critic is not None:
+            self.critic.update_target(tc.tau)
+        if self.ema_policy is not None and self.step % tc.ema_every == 0:
+            self._update_ema()
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Any, loss: Tensor,
+                        parameters: Any, clip: float | None, what: str) -> None:
+        if optimizer is None:
+            raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite {what} loss ({float(loss)}) at step {self.step}; the step was not applied. "
+                "Lower the learning rate or eta, check the dataset for extreme values, or raise grad clipping."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step_update(num_updates=self.step + 1)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema_policy is not None
+        tc = self.train_config
+        decay = tc.ema_decay if self.step >= tc.ema_start else 0.0
+        for ema, online in zip(self.ema_policy.parameters(), self.policy.parameters(), strict=True):
+            ema.lerp_(online, 1.0 - decay)
+        for ema, online in zip(self.ema_policy.buffers(), self.policy.buffers(), strict=True):
+            ema.copy_(online)
+
+    def fit(
+        self,
+        dataset: Any,
+        steps: int | None = None,
+        *,
+        eval_env: Any = None,
+        eval_every: int | None = None,
+        eval_episodes: int | None = None,
+        log_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train for ``steps`` gradient steps (default ``train.steps``) on ``dataset``.
+
+        Evaluates on ``eval_env`` every ``eval_every`` steps and at the end; writes metrics (CSV,
+        TensorBoard) and a checkpoint to ``log_dir``; ``resume`` continues a checkpoint exactly.
+        Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
+        """
+        from qtkit.agents.logger import MetricsLogger
+        from qtkit.data import load_dataset
+
+        dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        tc = self.train_config
+        total = int(steps if steps is not None else tc.steps)
+        if resume is not None:
+            self._restore(resume, dataset)
+            total = self._total_steps or total
+        else:
+            self.prepare(dataset)
+            self.to(self.resolve_device())
+            self._make_optimizers(total)
+        eval_episodes = eval_episodes or tc.eval_episodes
+        logger = MetricsLogger(log_dir, total=total, start=self.step, progress=progress)
+        history: list[dict[str, Any]] = self._eval_history if resume is not None else []
+        self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
+        try:
+            while self.step < total:
+                batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
+                batch = batch.to(self.device)
+                try:
+                    metrics = self.train_step(batch)
+                except TrainingError as exc:
+                    where = f" The last good checkpoint is in {log_dir}." if log_dir else ""
+                    raise TrainingError(f"{exc}{where}") from None
+                logger.advance()
+                done = self.step >= total
+                if self.step % tc.log_every == 0 or done:
+                    logger.log(self.step, metrics)
+                if eval_env is not None and ((eval_every and self.step % eval_every == 0) or done):
+                    result = self.evaluate(eval_env, episodes=eval_episodes, seed=tc.seed + 10_000)
+                    self.policy.train()
+                    history.append({"step": self.step, **{k: v for k, v in result.items() if k != "returns"}})
+                    logger.log(self.step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
+                if log_dir is not None and (done or (checkpoint_every and self.step % checkpoint_every == 0)):
+                    self._eval_history = history
+                    self.save(Path(log_dir) / "checkpoint")
+        finally:
+            logger.close()
+        self._eval_history = history
+        scored = [h for h in history if h.get("normalized_score") is not None] or history
+        key = "normalized_score" if scored and scored[0].get("normalized_score") is not None else "mean_return"
+        final = history[-1] if history else None
+        best = max(scored, key=lambda h: h[key]) if scored else None
+        summary = {"steps": self.step, "final": final, "best": best, "metrics": logger.rows, "evaluations": history}
+        if log_dir is not None:
+            import json
+
+            from qtkit.checkpoint import atomic_write_text
+
+            atomic_write_text(Path(log_dir) / "summary.json", json.dumps(
+                {k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=float))
+        return summary
+
+    # ------------------------------------------------------------------ acting
+    def evaluate(self, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+        """Run ``episodes`` episodes with the sampler; mean/std return and normalised score."""
+        from qtkit.agents.evaluation import evaluate_agent
+
+        return evaluate_agent(self, env, episodes=episodes, seed=seed, num_envs=num_envs, progress=progress)
+
+    def rollout(self, num_envs: int = 1, seed: int = 0) -> Any:
+        """A stateful acting context for ``num_envs`` environments (see :class:`~qtkit.agents.evaluation.Rollout`)."""
+        from qtkit.agents.evaluation import Rollout
+
+        return Rollout(self, num_envs=num_envs, seed=seed)
+
+    def act(self, observations: Any, rollout: Any = None) -> np.ndarray:
+        """Actions for one observation ``[obs]`` or a batch ``[E, obs]`` (numpy). Keeps the context in
+        ``rollout`` (default: an internal one, reset by :meth:`reset`); call ``rollout.observe(rewards, dones)``
+        after each env step so the return-to-go histories advance."""
+        obs = np.asarray(observations, dtype=np.float32)
+        single = obs.ndim == 1
+        obs = obs[None] if single else obs
+        if rollout is None:
+            if getattr(self, "_rollout", None) is None or self._rollout.num_envs != obs.shape[0]:
+                self._rollout = self.rollout(num_envs=obs.shape[0], seed=self.train_config.seed)
+            rollout = self._rollout
+        action = rollout.act(obs)
+        return action[0] if single else action
+
+    def reset(self) -> None:
+        self._rollout = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _weights(self) -> dict[str, Tensor]:
+        weights = self.state_dict()
+        weights["obs_mean"] = self.obs_mean
+        weights["obs_std"] = self.obs_std
+        return weights
+
+    def _state(self) -> dict[str, Any]:
+        def opt(o: Any) -> Any:
+            return None if o is None else o.state_dict()
+
+        return {
+            "step": self.step,
+            "total_steps": self._total_steps,
+            "return_targets": self.return_targets,
+            "ref_scores": self.ref_scores,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "policy_optimizer": opt(self.policy_optimizer),
+            "critic_optimizer": opt(self.critic_optimizer),
+            "policy_scheduler": opt(self.policy_scheduler),
+            "critic_scheduler": opt(self.critic_scheduler),
+            "eval_history": self._eval_history,
+            "env_spec": self.env_spec,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Save config (YAML), weights (safetensors) and the resume state, atomically."""
+        from qtkit.checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, self.config, self._weights(), self._state())
+
+    def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
+        self.obs_mean = weights.pop("obs_mean")
+        self.obs_std = weights.pop("obs_std")
+        self.load_state_dict(weights)
+        self.return_targets = state.get("return_targets")
+        self.ref_scores = tuple(state["ref_scores"]) if state.get("ref_scores") else None
+        self.step = int(state.get("step", 0))
+        self._eval_history = list(state.get("eval_history") or [])
+        self.env_spec = state.get("env_spec")
+
+    def _restore(self, directory: str | Path, dataset: Any) -> None:
+        from qtkit.checkpoint import read_checkpoint
+
+        config, weights, state = read_checkpoint(directory)
+        mine = {k: v for k, v in self.config.items() if k not in ("description",)}
+        theirs = {k: v for k, v in config.items() if k not in ("description",)}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CheckpointError(
+                f"cannot resume {self.name!r} from {str(directory)!r}: the checkpoint was made by preset "
+                f"{config.get('name')!r} with a different config (differs in: {', '.join(diff)}). Resume with "
+                f"qtkit.load({str(directory)!r}).fit(...), or start a new run."
+            )
+        self.check_dataset(dataset)
+        self.load_weights(weights, state)
+        self.to(self.resolve_device())
+        self._make_optimizers(int(state["total_steps"]))
+        for name in ("policy_optimizer", "critic_optimizer", "policy_scheduler", "critic_scheduler"):
+            target, saved = getattr(self, name), state.get(name)
+            if target is not None and saved is not None:
+                target.load_state_dict(saved)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+

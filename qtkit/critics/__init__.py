@@ -1,1 +1,5 @@
-"""Components of kind `critic`."""
+"""Critics (kind ``critic``): Q(s, a) models that own their target copies and TD losses."""
+
+from qtkit.critics.twin_mlp import TwinMLPCritic
+
+__all__ = ["TwinMLPCritic"]

@@ -1,1 +1,6 @@
-"""Components of kind `sampler`."""
+"""Samplers (kind ``sampler``): choose the action at evaluation time (build, score, select candidates)."""
+
+from qtkit.samplers.base import RolloutContext, Sampler
+from qtkit.samplers.candidates import GaussianSampler, RTGGridSampler, SingleRTGSampler
+
+__all__ = ["GaussianSampler", "RTGGridSampler", "RolloutContext", "SingleRTGSampler", "Sampler"]

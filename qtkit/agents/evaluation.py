@@ -1,0 +1,202 @@
+"""Acting and evaluation: a rolling K-step context per environment, gymnasium vector envs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from qtkit.errors import ConfigError, ShapeMismatchError
+from qtkit.samplers.base import RolloutContext
+
+
+def flatten_batch(space: Any, observations: Any) -> np.ndarray:
+    """Flatten a vector env's observations ``[E, ...]`` (Box or Dict) into ``[E, obs]``.
+
+    Dict observations are concatenated in the Dict space's key order, which is the order of
+    ``gymnasium.spaces.flatten`` and of qtkit's datasets (gymnasium sorts the keys).
+    """
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_batch(space[k], observations[k]) for k in space.keys()], axis=1)
+    array = np.asarray(observations, dtype=np.float32)
+    return array.reshape(array.shape[0], -1)
+
+
+class Rollout:
+    """The acting state of ``num_envs`` parallel episodes: a left-padded K-step history per env and
+    one return-to-go history per candidate row of the agent's sampler.
+
+    Call :meth:`act` with the raw (flattened) observations, step the envs, then :meth:`observe`
+    with the rewards and done flags; finished envs start a fresh history.
+    """
+
+    def __init__(self, agent: Any, num_envs: int = 1, seed: int = 0) -> None:
+        if agent.return_targets is None:
+            raise ConfigError(
+                f"agent {agent.name!r} has no return targets yet: train it with fit(dataset) or load a "
+                "trained checkpoint, or give the sampler explicit targets (sampler={'targets': [...]})."
+            )
+        self.agent, self.num_envs = agent, num_envs
+        tc = agent.train_config
+        self.K, self.rtg_scale = tc.context, tc.rtg_scale
+        self.generator = torch.Generator().manual_seed(seed)
+        obs_dim, act_dim = agent.shapes["obs_dim"], agent.shapes["act_dim"]
+        device = agent.device
+        rows = agent.sampler.num_rows
+        self.ctx = RolloutContext(
+            states=torch.zeros(num_envs, self.K, obs_dim, device=device),
+            actions=torch.zeros(num_envs, self.K, act_dim, device=device),
+            timesteps=torch.zeros(num_envs, self.K, dtype=torch.long, device=device),
+            mask=torch.zeros(num_envs, self.K, dtype=torch.bool, device=device),
+            rtg=torch.zeros(num_envs, rows, self.K, device=device),
+        )
+        self.t = torch.zeros(num_envs, dtype=torch.long, device=device)
+        self.current_rtg = self._initial_rtg(num_envs)
+
+    def _initial_rtg(self, n: int) -> torch.Tensor:
+        rtg = self.agent.sampler.initial_rtg(n, self.agent.return_targets, self.rtg_scale, self.generator)
+        return rtg.to(self.agent.device)
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """Actions ``[E, act]`` for raw flattened observations ``[E, obs]``."""
+        agent, ctx = self.agent, self.ctx
+        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=agent.device)
+        if obs.shape != (self.num_envs, agent.shapes["obs_dim"]):
+            raise ShapeMismatchError(
+                f"agent {agent.name!r} expects observations of shape [{self.num_envs}, {agent.shapes['obs_dim']}] "
+                f"(num_envs, obs_dim), got {list(obs.shape)}."
+            )
+        for name in ("states", "actions", "timesteps", "mask"):
+            setattr(ctx, name, torch.roll(getattr(ctx, name), -1, dims=1))
+        ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
+        ctx.states[:, -1] = agent.standardize(obs)
+        ctx.actions[:, -1] = 0.0
+        ctx.timesteps[:, -1] = self.t
+        ctx.mask[:, -1] = True
+        ctx.rtg[:, :, -1] = self.current_rtg
+        agent.policy.eval()
+        if agent.critic is not None:
+            agent.critic.eval()
+        with agent.autocast():
+            actions, _ = agent.sampler.select(agent.policy, agent.critic, ctx, self.generator)
+        actions = actions.float()
+        ctx.actions[:, -1] = actions
+        return actions.cpu().numpy()
+
+    def observe(self, rewards: Any, dones: Any) -> None:
+        """Advance every row's return-to-go by the rewards; restart the envs that are done."""
+        rewards = torch.as_tensor(np.asarray(rewards, dtype=np.float32), device=self.agent.device)
+        self.current_rtg = self.ctx.rtg[:, :, -1] - rewards.unsqueeze(-1) / self.rtg_scale
+        self.t += 1
+        done = np.asarray(dones, dtype=bool)
+        if done.any():
+            index = torch.as_tensor(np.flatnonzero(done), device=self.agent.device)
+            self.ctx.mask[index] = False
+            self.ctx.states[index] = 0.0
+            self.ctx.actions[index] = 0.0
+            self.ctx.timesteps[index] = 0
+            self.ctx.rtg[index] = 0.0
+            self.t[index] = 0
+            self.current_rtg[index] = self._initial_rtg(len(index))
+
+
+def _env_factory(env: Any, agent: Any) -> tuple[Callable[[], Any] | None, Any]:
+    """``(factory, single_env)``: how to make evaluation envs from an id, a factory, a dataset or an env."""
+    import gymnasium as gym
+
+    if env is None:
+        env = getattr(agent, "env_spec", None)
+        if env is None:
+            raise ConfigError(
+                f"agent {agent.name!r} does not know its environment: pass env=... (a gymnasium id, an env, "
+                "a factory or the dataset)."
+            )
+    if isinstance(env, str):
+        spec: Any = env
+        if env.lstrip().startswith("{"):
+            from gymnasium.envs.registration import EnvSpec
+
+            spec = EnvSpec.from_json(env)
+        return (lambda: gym.make(spec)), None
+    if hasattr(env, "make_env"):
+        return env.make_env, None
+    if isinstance(env, gym.Env):
+        return None, env
+    if callable(env):
+        return env, None
+    raise ConfigError(f"cannot evaluate on {env!r}: give a gymnasium id, an env, an env factory or a dataset.")
+
+
+def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Run ``episodes`` evaluation episodes (seeded) in parallel environments.
+
+    Returns ``mean_return``, ``std_return``, ``returns`` (list), ``mean_length`` and, when the agent
+    knows the dataset's reference scores, ``normalized_score`` and ``normalized_std``.
+    """
+    import gymnasium as gym
+
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}.")
+    factory, single = _env_factory(env, agent)
+    n = 1 if single is not None else max(1, min(episodes, num_envs or min(episodes, 10)))
+    if single is not None:
+        envs = gym.vector.SyncVectorEnv([lambda: single], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    else:
+        envs = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = envs.single_observation_space
+    if gym.spaces.flatdim(space) != agent.shapes["obs_dim"]:
+        raise ShapeMismatchError(
+            f"agent {agent.name!r} has obs_dim={agent.shapes['obs_dim']} but the env's observations flatten to "
+            f"{gym.spaces.flatdim(space)} ({space})."
+        )
+    act_space = envs.single_action_space
+    if int(np.prod(act_space.shape)) != agent.shapes["act_dim"]:
+        raise ShapeMismatchError(
+            f"agent {agent.name!r} has act_dim={agent.shapes['act_dim']} but the env's action space is {act_space}."
+        )
+    quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
+    counts, returns, lengths = [0] * n, [], []
+    running, steps = np.zeros(n), np.zeros(n, dtype=int)
+    rollout = Rollout(agent, num_envs=n, seed=seed)
+    observations, _ = envs.reset(seed=[seed + i for i in range(n)])
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=episodes, disable=not progress, desc="evaluate", unit="ep")
+    try:
+        while sum(counts) < episodes:
+            actions = rollout.act(flatten_batch(space, observations))
+            observations, rewards, terminated, truncated, _ = envs.step(actions.astype(act_space.dtype))
+            done = np.logical_or(terminated, truncated)
+            running += rewards
+            steps += 1
+            rollout.observe(rewards, done)
+            for i in np.flatnonzero(done):
+                if counts[i] < quota[i]:
+                    returns.append(float(running[i]))
+                    lengths.append(int(steps[i]))
+                    counts[i] += 1
+                    bar.update(1)
+                running[i], steps[i] = 0.0, 0
+    finally:
+        bar.close()
+        envs.close()
+    result: dict[str, Any] = {
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "episodes": len(returns),
+        "returns": returns,
+    }
+    if agent.ref_scores is not None:
+        lo, hi = agent.ref_scores
+        scores = [100.0 * (r - lo) / (hi - lo) if hi != lo else math.nan for r in returns]
+        result["normalized_score"] = float(np.mean(scores))
+        result["normalized_std"] = float(np.std(scores))
+    return result

@@ -1,0 +1,80 @@
+"""The backbone interface: a sequence model over continuous token embeddings.
+
+A backbone maps ``tokens [B, N, W]`` and an optional validity ``mask [B, N]`` (True = a real
+token, False = padding, on either side of each row; ``None`` = all valid) to hidden states
+``[B, N, W]``. Guarantees every backbone keeps (``tests/test_contract_backbone.py`` checks them):
+
+- causal by default: output ``i`` depends only on tokens ``<= i`` (``causal=False`` for encoders);
+- outputs at valid positions do not depend on what padded tokens hold (huge values, NaN);
+- every output is finite, padded positions included (a padded query always sees itself).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qtkit.errors import ConfigError, ShapeMismatchError
+
+
+class Backbone(nn.Module):
+    """Base class of backbones: ``forward(tokens [B, N, W], mask [B, N] | None) -> [B, N, W]``."""
+
+    #: Token width ``W`` (input and output).
+    width: int
+    #: Whether token ``i`` only attends to tokens ``<= i``.
+    causal: bool
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover
+        """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) -> hidden ``[B, N, W]``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared helpers
+    def check_inputs(self, tokens: Tensor, mask: Tensor | None) -> None:
+        """Raise :class:`ShapeMismatchError` unless ``tokens [B, N, width]`` and ``mask [B, N]`` agree."""
+        name = type(self).__name__
+        if tokens.ndim != 3 or tokens.shape[-1] != self.width:
+            raise ShapeMismatchError(
+                f"{name}: tokens must be [batch, tokens, {self.width}], got {list(tokens.shape)}. "
+                "Embed your inputs to the backbone's width first."
+            )
+        if mask is not None and (mask.shape != tokens.shape[:2] or mask.dtype != torch.bool):
+            raise ShapeMismatchError(
+                f"{name}: mask must be a bool tensor of shape {list(tokens.shape[:2])} (True = valid "
+                f"token), got {mask.dtype} {list(mask.shape)}."
+            )
+
+
+def check_heads(width: int, heads: int, where: str) -> int:
+    """Validate ``width``/``heads`` and return the per-head width ``width // heads``."""
+    if width <= 0 or heads <= 0 or width % heads:
+        raise ConfigError(
+            f"{where}: width ({width}) must be a positive multiple of heads ({heads}); "
+            f"e.g. width {max(heads, 1) * max(1, width // max(heads, 1))} with {heads} heads."
+        )
+    return width // heads
+
+
+def zero_padding(tokens: Tensor, mask: Tensor | None) -> Tensor:
+    """``tokens [B, N, W]`` with padded positions (``mask`` False) set to 0, so garbage (NaN) cannot leak.
+
+    Masked attention multiplies a padded value by an attention weight of exactly 0, and
+    ``0 * NaN = NaN``: the padded content itself must be cleaned, masking the keys is not enough.
+    """
+    if mask is None:
+        return tokens
+    return tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def attention_mask(mask: Tensor, causal: bool) -> Tensor:
+    """Boolean attention mask ``[B, 1, N, N]`` (True = may attend) from a validity ``mask [B, N]``.
+
+    Query ``i`` attends to valid keys ``j`` (``j <= i`` when causal) and always to itself, so no
+    row is empty (an empty row gives NaN with ``-inf`` masking, e.g. a left-padded causal row).
+    """
+    n = mask.shape[-1]
+    allowed = mask[:, None, None, :].expand(-1, 1, n, n)  # [B, 1, N(query), N(key)]
+    eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+    if causal:
+        allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    return allowed | eye

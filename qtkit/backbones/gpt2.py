@@ -1,0 +1,148 @@
+"""``gpt2``: the GPT-2 block of the reference QT / Decision Transformer code, in plain PyTorch.
+
+Pre-LayerNorm blocks (LN -> self-attention -> residual; LN -> MLP -> residual), a final LayerNorm,
+dropout on the input embeddings, the attention weights and both residual branches, and no
+positional embedding by default (the policy adds timestep embeddings), as in the reference's
+``trajectory_gpt2.GPT2Model``. Written for speed on CPU: one fused qkv projection, PyTorch's
+``scaled_dot_product_attention`` (``is_causal=True`` without a padding mask, an explicit boolean
+mask with one), no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qtkit.backbones.base import Backbone, attention_mask, check_heads, zero_padding
+from qtkit.errors import ConfigError
+from qtkit.registry import register
+
+ACTIVATIONS: dict[str, type[nn.Module] | nn.Module] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "gelu_tanh": nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+}
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection: ``[B, N, W] -> [B, N, W]``."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.attn_dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        """``x [B, N, W]``, ``attn_mask [B, 1, N, N]`` bool or None -> ``[B, N, W]``."""
+        b, n, w = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, w // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D]
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )
+        y = y.transpose(1, 2).reshape(b, n, w)
+        return self.resid_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    """One pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``; ``[B, N, W]``."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, dropout)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_dim),
+            act() if isinstance(act, type) else act,
+            nn.Linear(mlp_dim, width),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        """``x [B, N, W]`` -> ``[B, N, W]``."""
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+@register("backbone", "gpt2")
+class GPT2Backbone(Backbone):
+    """GPT-2 transformer (reference QT/DT block, pure PyTorch): tokens [B, N, width] -> [B, N, width].
+
+    ``mlp_dim`` (when set) overrides ``mlp_ratio * width``. ``activation`` is ``relu`` (the reference
+    QT/DT scripts' ``--activation_function`` default), ``gelu`` or ``gelu_tanh`` (GPT-2's own).
+    ``max_len > 0`` adds a learned positional embedding for up to ``max_len`` tokens (off by
+    default: the policies add timestep embeddings). ``causal=False`` makes it an encoder.
+    """
+
+    def __init__(
+        self,
+        width: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        mlp_dim: int | None = None,
+        activation: str = "relu",
+        dropout: float = 0.1,
+        causal: bool = True,
+        max_len: int = 0,
+    ) -> None:
+        super().__init__()
+        where = "backbone 'gpt2'"
+        check_heads(width, heads, where)
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        if depth < 1 or not 0.0 <= dropout < 1.0 or max_len < 0:
+            raise ConfigError(f"{where}: need depth >= 1, 0 <= dropout < 1 and max_len >= 0 "
+                              f"(got depth={depth}, dropout={dropout}, max_len={max_len}).")
+        hidden = int(mlp_dim) if mlp_dim else round(mlp_ratio * width)
+        if hidden < 1:
+            raise ConfigError(f"{where}: the MLP width must be positive, got mlp_dim={mlp_dim}, mlp_ratio={mlp_ratio}.")
+        self.width, self.depth, self.heads, self.causal = width, depth, heads, causal
+        self.max_len = max_len
+        self.pos_emb = nn.Parameter(torch.zeros(max_len, width)) if max_len else None
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(width, heads, hidden, dropout, activation) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(width)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: weights N(0, 0.02), residual output projections N(0, 0.02 / sqrt(2 * depth))."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.depth))
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb, std=0.02)
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) or None -> hidden ``[B, N, W]``."""
+        self.check_inputs(tokens, mask)
+        n = tokens.shape[1]
+        x = zero_padding(tokens, mask)
+        if self.pos_emb is not None:
+            if n > self.max_len:
+                raise ConfigError(f"backbone 'gpt2': {n} tokens exceed max_len={self.max_len}; raise max_len.")
+            x = x + self.pos_emb[:n]
+        x = self.drop(x)
+        attn_mask = attention_mask(mask, self.causal) if mask is not None else None
+        is_causal = self.causal and attn_mask is None
+        for block in self.blocks:
+            x = block(x, attn_mask, is_causal)
+        return self.ln_f(x)

@@ -1,0 +1,127 @@
+"""Twin (ensemble) MLP critic Q(s, a) with a soft-updated target copy (ALGORITHMS.md §3)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qtkit.errors import ConfigError
+from qtkit.registry import register
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched matmul: [E, ..., in] -> [E, ..., out]."""
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [E, N, in] -> [E, N, out]
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+@register("critic", "twin-mlp")
+class TwinMLPCritic(nn.Module):
+    """An ensemble of MLP Q-functions (twin by default); targets use the min over target members."""
+
+    needs_policy_actions = True
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        ensemble: int = 2,
+        hidden: int | list[int] = [256, 256, 256],  # noqa: B006  (read-only default, shown in configs)
+        depth: int = 3,
+        activation: str = "mish",
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if ensemble < 1:
+            raise ConfigError(f"critic 'twin-mlp': ensemble must be >= 1, got {ensemble}.")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"critic 'twin-mlp': unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
+            )
+        sizes = [hidden] * depth if isinstance(hidden, int) else list(hidden)
+        if not sizes or any(s < 1 for s in sizes):
+            raise ConfigError(f"critic 'twin-mlp': hidden sizes must be positive, got {hidden!r}.")
+        self.obs_dim, self.act_dim, self.ensemble = obs_dim, act_dim, ensemble
+        layers: list[nn.Module] = []
+        width = obs_dim + act_dim
+        for size in sizes:
+            layers.append(EnsembleLinear(ensemble, width, size))
+            if layer_norm:
+                layers.append(nn.LayerNorm(size))
+            layers.append(ACTIVATIONS[activation]())
+            width = size
+        layers.append(EnsembleLinear(ensemble, width, 1))
+        self.net = nn.Sequential(*layers)
+        self.target_net = copy.deepcopy(self.net).requires_grad_(False)
+
+    def _run(self, net: nn.Module, states: Tensor, actions: Tensor) -> Tensor:
+        lead = states.shape[:-1]
+        x = torch.cat((states, actions.to(states.dtype)), dim=-1).reshape(1, -1, self.obs_dim + self.act_dim)
+        q = net(x.expand(self.ensemble, -1, -1))  # [E, N, 1]
+        return q.reshape(self.ensemble, *lead)
+
+    def forward(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Q-values of every member: states [..., obs] (standardised), actions [..., act] -> [E, ...]."""
+        return self._run(self.net, states, actions)
+
+    @torch.no_grad()
+    def target_values(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Bootstrap values min_i Q_target_i(s, a): [..., obs], [..., act] -> [...]."""
+        return self._run(self.target_net, states, actions).amin(0)
+
+    def score(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Candidate scores for samplers: min over target members, [..., obs], [..., act] -> [...]."""
+        return self.target_values(states, actions)
+
+    @torch.no_grad()
+    def bootstrap(
+        self, states: Tensor, next_states: Tensor, policy_actions: Tensor | None, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Bootstrap values of a window from the policy's actions at the next position.
+
+        states [B, K, obs], policy_actions [B, K, act] (from the EMA policy on the same window),
+        mask [B, K]. Returns ``next_values [B, K]`` with ``next_values[:, t] = min_i Q'(s_{t+1}, ã_{t+1})``
+        and ``next_valid [B, K]`` (False where t+1 is outside the window).
+        """
+        if policy_actions is None:
+            raise ValueError("twin-mlp bootstrap needs the policy's actions for the window.")
+        values = self.target_values(states[:, 1:], policy_actions[:, 1:])  # [B, K-1]
+        next_values = torch.nn.functional.pad(values, (0, 1))
+        next_valid = torch.nn.functional.pad(mask[:, 1:], (0, 1), value=False)
+        return next_values, next_valid
+
+    def loss(
+        self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, **_: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """TD loss: sum over members of the mean squared error at valid targets."""
+        q = self(states, actions)  # [E, B, K]
+        weights = valid.to(q.dtype)
+        count = weights.sum().clamp(min=1.0)
+        per_member = (((q - targets.unsqueeze(0)) ** 2) * weights).sum(dim=(1, 2)) / count
+        return per_member.sum(), {
+            "critic_loss": per_member.sum().detach(),
+            "q_mean": ((q.detach() * weights).sum() / (count * self.ensemble)),
+        }
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """Polyak update: target <- (1 - tau) * target + tau * online."""
+        for target, online in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
+            target.lerp_(online, tau)
+        for target, online in zip(self.target_net.buffers(), self.net.buffers(), strict=True):
+            target.copy_(online)

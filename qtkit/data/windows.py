@@ -1,0 +1,132 @@
+"""Where training windows start: the sampling schemes, as pure vectorised index maths.
+
+A window is K consecutive steps of one episode, placed left-aligned in a row of K positions and
+padded on the right. Three schemes (``scheme=`` of ``TrajectoryDataset.sample_windows``):
+
+``"uniform"`` (default): every step of the dataset is equally likely to appear in a window.
+    Consider every placement of a K-window that overlaps an episode of length T, i.e. the
+    T + K - 1 starts s in [-(K-1), T-1]; each covers steps [max(s, 0), min(s + K, T)). Every
+    step lies in exactly K of these placements, so drawing one placement uniformly among all
+    placements of all episodes covers every step with the same probability
+    K / sum_i (T_i + K - 1). Consequences: an episode is drawn with probability
+    ∝ T + K - 1 (∝ its length for T >> K), no window crosses an episode, and a window is
+    shorter than K (right padding) when it overlaps an end of its episode (or T < K).
+    A placement that starts before the episode keeps its valid steps left-aligned
+    (steps 0 .. s+K-1 at positions 0 .. s+K-1): with causal attention this is the context the
+    policy sees at the start of an evaluation episode.
+``"reference"``: the reference DT/QT rule: episode ∝ T, start uniform in [0, T-1], right
+    padding. Steps near the start of an episode appear less often (step t is covered by
+    min(t+1, K) starts).
+``"inside"``: episode ∝ T, start uniform in [0, max(0, T-K)]: full windows only (padding only
+    when T < K). Steps within K-1 of either end appear less often.
+
+Random numbers come from a ``numpy.random.Generator``, a ``torch.Generator`` (any device), an int
+seed (a fresh ``numpy.random.default_rng(seed)`` per call, so the same seed gives the same
+windows) or None (fresh entropy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SCHEMES = ("uniform", "reference", "inside")
+
+__all__ = ["SCHEMES", "RandomSource", "episode_weights", "sample_window_starts"]
+
+
+class RandomSource:
+    """Uniform draws from a numpy Generator, a torch Generator, an int seed or None."""
+
+    def __init__(self, generator: Any = None) -> None:
+        self._torch = None
+        if generator is None or (isinstance(generator, int | np.integer) and not isinstance(generator, bool)):
+            self._np = np.random.default_rng(None if generator is None else int(generator))
+            return
+        if isinstance(generator, np.random.Generator):
+            self._np = generator
+            return
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a core dependency
+            torch = None
+        if torch is not None and isinstance(generator, torch.Generator):
+            self._torch = generator
+            self._np = None
+            return
+        raise TypeError(
+            f"generator must be a numpy.random.Generator, a torch.Generator, an int seed or None, got "
+            f"{type(generator).__name__}; e.g. numpy.random.default_rng(0) or torch.Generator().manual_seed(0)."
+        )
+
+    def integers(self, high: int, size: int) -> np.ndarray:
+        """``size`` int64 draws uniform in [0, high)."""
+        if self._torch is not None:
+            import torch
+
+            out = torch.randint(0, int(high), (size,), generator=self._torch, device=self._torch.device)
+            return out.cpu().numpy().astype(np.int64, copy=False)
+        assert self._np is not None
+        return self._np.integers(0, int(high), size=size, dtype=np.int64)
+
+    def random(self, size: int) -> np.ndarray:
+        """``size`` float64 draws uniform in [0, 1)."""
+        if self._torch is not None:
+            import torch
+
+            out = torch.rand((size,), generator=self._torch, device=self._torch.device, dtype=torch.float64)
+            return out.cpu().numpy()
+        assert self._np is not None
+        return self._np.random(size)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown window scheme {scheme!r}; choose one of {list(SCHEMES)}.")
+
+
+def episode_weights(lengths: np.ndarray, K: int, scheme: str = "uniform") -> np.ndarray:
+    """The probability ``[E]`` that a window comes from each episode under ``scheme``."""
+    _check_scheme(scheme)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    w = lengths + (K - 1) if scheme == "uniform" else lengths
+    return w / w.sum()
+
+
+def sample_window_starts(
+    lengths: np.ndarray,
+    offsets: np.ndarray,
+    batch_size: int,
+    K: int,
+    rng: RandomSource,
+    scheme: str = "uniform",
+    slot_offsets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``batch_size`` windows: ``(episode [B], first step [B], valid length [B])``, all int64.
+
+    ``lengths [E]`` are the episode lengths, ``offsets [E+1]`` their cumulative sum (starting at 0).
+    Window b holds steps ``first[b] .. first[b] + valid[b] - 1`` of episode ``episode[b]`` at
+    positions ``0 .. valid[b] - 1``; ``1 <= valid[b] <= K``. ``slot_offsets`` is an optional cache
+    of ``[0, cumsum(lengths + K - 1)]`` for the uniform scheme.
+    """
+    _check_scheme(scheme)
+    if scheme == "uniform":
+        if slot_offsets is None:
+            slot_offsets = np.concatenate([[0], np.cumsum(lengths + (K - 1))]).astype(np.int64)
+        u = rng.integers(int(slot_offsets[-1]), batch_size)
+        episode = np.searchsorted(slot_offsets, u, side="right") - 1
+        s = u - slot_offsets[episode] - (K - 1)  # in [-(K-1), T-1]
+        first = np.maximum(s, 0)
+        valid = np.minimum(s + K, lengths[episode]) - first
+        return episode, first, valid
+    u = rng.integers(int(offsets[-1]), batch_size)
+    episode = np.searchsorted(offsets, u, side="right") - 1
+    T = lengths[episode]
+    if scheme == "reference":
+        first = u - offsets[episode]
+    else:  # inside
+        n_starts = np.maximum(T - K + 1, 1)
+        first = np.minimum((rng.random(batch_size) * n_starts).astype(np.int64), n_starts - 1)
+    valid = np.minimum(K, T - first)
+    return episode, first, valid

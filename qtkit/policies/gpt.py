@@ -1,0 +1,115 @@
+"""The Decision-Transformer / QT policy (ALGORITHMS.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from qtkit.errors import ConfigError
+from qtkit.registry import register
+
+
+def check_bounded(action_low: Sequence[float], action_high: Sequence[float], who: str) -> tuple[Tensor, Tensor]:
+    """Action bounds as tensors; unbounded (infinite) bounds raise a ConfigError naming ``who``."""
+    low = torch.as_tensor(list(action_low), dtype=torch.float32)
+    high = torch.as_tensor(list(action_high), dtype=torch.float32)
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise ConfigError(
+            f"{who} needs a bounded action space (it maps actions into [action_low, action_high]), got "
+            f"action_low={low.tolist()}, action_high={high.tolist()}. Clip the env's actions "
+            "(gymnasium.wrappers.ClipAction) or pass finite action_low/action_high to qtkit.build."
+        )
+    return low, high
+
+
+@register("policy", "gpt")
+class GPTPolicy(nn.Module):
+    """DT tokens (R̂_t, s_t, a_t) + timestep embedding -> causal backbone -> tanh action from s_t."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        backbone: nn.Module,
+        max_timestep: int = 1000,
+        predict_next_state: bool = True,
+        next_state_weight: float = 1.0,
+        embed_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        low, high = check_bounded(action_low, action_high, "policy 'gpt'")
+        if max_timestep < 1:
+            raise ConfigError(f"policy 'gpt': max_timestep must be >= 1, got {max_timestep}.")
+        width = int(backbone.width)
+        self.obs_dim, self.act_dim, self.max_timestep = obs_dim, act_dim, max_timestep
+        self.predict_next_state = predict_next_state
+        self.next_state_weight = next_state_weight
+        self.backbone = backbone
+        self.embed_timestep = nn.Embedding(max_timestep, width)
+        self.embed_return = nn.Linear(1, width)
+        self.embed_state = nn.Linear(obs_dim, width)
+        self.embed_action = nn.Linear(act_dim, width)
+        self.embed_ln = nn.LayerNorm(width)
+        self.embed_drop = nn.Dropout(embed_dropout)
+        self.action_head = nn.Linear(width, act_dim)
+        self.next_state_head = nn.Linear(width, obs_dim) if predict_next_state else None
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+
+    def forward(
+        self,
+        states: Tensor,
+        actions: Tensor,
+        rtg: Tensor,
+        timesteps: Tensor,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Predict actions for every position of a window.
+
+        states [B, K, obs] (standardised), actions [B, K, act] (the dataset's; the action at a
+        position is never seen by that position's prediction), rtg [B, K] (scaled),
+        timesteps [B, K] (long, clamped to max_timestep - 1), mask [B, K] bool or None.
+        Returns ``(actions [B, K, act] within the bounds, next-state prediction [B, K, obs] or None)``.
+        """
+        t = self.embed_timestep(timesteps.clamp(0, self.max_timestep - 1))
+        tokens = torch.stack(
+            (
+                self.embed_return(rtg.unsqueeze(-1).to(states.dtype)) + t,
+                self.embed_state(states) + t,
+                self.embed_action(actions) + t,
+            ),
+            dim=2,
+        )  # [B, K, 3, W]
+        tokens = self.embed_drop(self.embed_ln(rearrange(tokens, "b k three w -> b (k three) w")))
+        token_mask = None if mask is None else rearrange(torch.stack((mask,) * 3, dim=2), "b k three -> b (k three)")
+        hidden = rearrange(self.backbone(tokens, token_mask), "b (k three) w -> b k three w", three=3)
+        squashed = torch.tanh(self.action_head(hidden[:, :, 1]))
+        low, high = self.action_low.to(squashed.dtype), self.action_high.to(squashed.dtype)
+        action = low + (squashed + 1.0) * 0.5 * (high - low)
+        next_state = self.next_state_head(hidden[:, :, 2]) if self.next_state_head is not None else None
+        return action, next_state
+
+    def bc_loss(
+        self,
+        predicted_actions: Tensor,
+        predicted_next_states: Tensor | None,
+        actions: Tensor,
+        next_states: Tensor,
+        mask: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_DT: mean over valid positions of ||â_t - a_t||² (+ weighted next-state MSE)."""
+        weights = mask.to(predicted_actions.dtype)
+        count = weights.sum().clamp(min=1.0)
+        action_loss = (((predicted_actions - actions) ** 2).sum(-1) * weights).sum() / count
+        metrics = {"bc_loss": action_loss.detach()}
+        loss = action_loss
+        if predicted_next_states is not None and self.next_state_weight > 0:
+            state_loss = (((predicted_next_states - next_states) ** 2).sum(-1) * weights).sum() / count
+            loss = loss + self.next_state_weight * state_loss
+            metrics["next_state_loss"] = state_loss.detach()
+        return loss, metrics
