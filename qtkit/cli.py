@@ -87,6 +87,82 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+@app.command("train")
+def train_cmd(
+    preset: str = typer.Option(..., "--preset", "-p", help="preset name or path.yaml:name"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="minari:ID, a D4RL .hdf5 or an .npz"),
+    steps: int = typer.Option(None, "--steps", help="gradient steps (default: the preset's train.steps)"),
+    seed: int = typer.Option(0, "--seed"),
+    out: str = typer.Option(..., "--out", "-o", help="run folder (metrics, checkpoint, summary)"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. --set eta=2 --set backup=one-step"),
+    eval_every: int = typer.Option(None, "--eval-every", help="evaluate every N steps (and at the end)"),
+    eval_episodes: int = typer.Option(10, "--eval-episodes"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation (e.g. a dataset without an env)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+) -> None:
+    """Train a preset on a dataset; writes metrics.csv, TensorBoard logs, a checkpoint and summary.json."""
+    from pathlib import Path
+
+    import qtkit
+    from qtkit.data import load_dataset
+    from qtkit.errors import QtkitError
+
+    try:
+        data = load_dataset(dataset)
+        agent = qtkit.build(preset, dataset=data, seed=seed, **parse_sets(set_))
+        result = agent.fit(
+            data, steps, eval_env=None if no_eval else data, eval_every=eval_every, eval_episodes=eval_episodes,
+            log_dir=out, resume=Path(out) / "checkpoint" if resume else None,
+        )
+    except QtkitError as exc:
+        _fail(exc)
+    _print_result(result)
+
+
+def _print_result(result: dict) -> None:
+    for label in ("final", "best"):
+        entry = result.get(label)
+        if entry:
+            score = entry.get("normalized_score")
+            shown = f"normalised {score:.1f}" if score is not None else f"return {entry['mean_return']:.2f}"
+            typer.echo(f"{label:>5}: step {entry['step']}, {shown} (mean return {entry['mean_return']:.2f})")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: str = typer.Argument(..., help="run folder of `qtkit train` (or a checkpoint folder)"),
+    episodes: int = typer.Option(10, "--episodes", "-n"),
+    seed: int = typer.Option(0, "--seed"),
+    num_envs: int = typer.Option(None, "--num-envs"),
+    env: str = typer.Option(None, "--env", help="gymnasium id (default: the dataset's env)"),
+) -> None:
+    """Evaluate a trained agent: mean/std return and normalised score."""
+    import qtkit
+    from qtkit.errors import QtkitError
+
+    try:
+        agent = qtkit.load(run)
+        result = agent.evaluate(env, episodes=episodes, seed=seed, num_envs=num_envs, progress=True)
+    except QtkitError as exc:
+        _fail(exc)
+    line = f"{agent.name}: return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {result['episodes']} episodes"
+    if "normalized_score" in result:
+        line += f", normalised score {result['normalized_score']:.1f} ± {result['normalized_std']:.1f}"
+    typer.echo(line)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("runs/demo", "--out"),
+    steps: int = typer.Option(None, "--steps", help="training steps per preset (default: the demo budget)"),
+    dataset: str = typer.Option("pointmaze-umaze-sparse", "--dataset", help="a qtkit maker name"),
+) -> None:
+    """The main job: make a PointMaze dataset if missing, train dt-gpt and qt-gpt-nstep, compare them."""
+    from qtkit.demo import run_demo
+
+    run_demo(out=out, steps=steps, dataset=dataset)
+
+
 def main() -> None:
     app()
 

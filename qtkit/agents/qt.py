@@ -262,9 +262,11 @@ class QTAgent(Agent):
         Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
         """
         from qtkit.agents.logger import MetricsLogger
-        from qtkit.data import load_dataset
 
-        dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        if isinstance(dataset, str):
+            from qtkit.data import load_dataset
+
+            dataset = load_dataset(dataset)
         tc = self.train_config
         total = int(steps if steps is not None else tc.steps)
         if resume is not None:

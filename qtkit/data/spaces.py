@@ -75,7 +75,7 @@ def _flatten(space: Any, obs: Any, where: str) -> tuple[np.ndarray, tuple[int, .
             "Discrete and MultiBinary observations."
         )
     batch = parts[0][1]
-    for flat, b in parts[1:]:
+    for _, b in parts[1:]:
         if b != batch:
             raise DataError(
                 f"observation{where}: the parts have different batch shapes ({batch} vs {b}); every key must "
@@ -156,9 +156,11 @@ def _space_from_obj(obj: dict[str, Any]) -> Any:
     kind = obj.get("type")
     if kind == "Box":
         shape = tuple(obj["shape"])
-        low = np.asarray(obj["low"], dtype=np.float64).reshape(shape)
-        high = np.asarray(obj["high"], dtype=np.float64).reshape(shape)
-        return spaces.Box(low=low, high=high, shape=shape, dtype=np.dtype(obj["dtype"]))
+        dtype = np.dtype(obj["dtype"])
+        cast = dtype if np.issubdtype(dtype, np.floating) else np.float64
+        low = np.asarray(obj["low"], dtype=np.float64).astype(cast).reshape(shape)
+        high = np.asarray(obj["high"], dtype=np.float64).astype(cast).reshape(shape)
+        return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
     if kind == "Dict":
         # a list of pairs keeps the stored order (gymnasium only sorts when given a dict)
         return spaces.Dict([(k, _space_from_obj(s)) for k, s in obj["spaces"]])

@@ -1,0 +1,455 @@
+"""``load_dataset``: Minari datasets, D4RL-style HDF5 files and ``.npz`` files -> ``TrajectoryDataset``.
+
+Specs:
+
+- ``"minari:<dataset_id>"``: a Minari dataset in ``$MINARI_DATASETS_PATH`` (default
+  ``~/.minari/datasets``), read with Minari's own API. Nothing is downloaded unless
+  ``download=True``; a dataset that is not local raises :class:`~qtkit.errors.DataError` at once,
+  listing the local ones. An id without ``-vN`` picks the newest local version.
+- a path to a D4RL-style ``.hdf5``/``.h5`` or ``.npz`` file with ``observations, actions, rewards,
+  terminals, timeouts`` (optional ``next_observations``, optional ``ref_min_score``,
+  ``ref_max_score``, ``env_id`` as HDF5 attributes / datasets or npz keys).
+- a ``TrajectoryDataset`` (returned as is, or a copy with the given overrides).
+
+D4RL flat files: an episode ends at a row where ``terminals or timeouts``; rows after the last
+such row form a final episode that is treated as truncated. The final observation of an
+episode is ``next_observations[last row]`` when the file has ``next_observations``. Without them:
+
+- an episode that ends on a time-out (or the data end) loses its last transition, whose
+  observation becomes the episode's final observation (as ``d4rl.qlearning_dataset`` does; a
+  one-row such episode is dropped);
+- an episode that ends on a termination keeps its terminal transition (its reward and the
+  termination matter for Q-learning, and D4RL keeps it too); its final observation, which the
+  file does not hold, is a copy of the last observation. It is never bootstrapped from (the
+  episode terminated) but it is the ``next_observations`` target of that last step.
+
+Files are only read, never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset, _first_nonfinite
+from qtkit.errors import DataError, did_you_mean
+
+__all__ = ["D4RL_KEYS", "load_dataset", "make_env_for"]
+
+#: the keys a D4RL-style flat file must hold
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+_HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def load_dataset(
+    spec: str | os.PathLike[str] | TrajectoryDataset,
+    *,
+    gamma: float | None = None,
+    download: bool = False,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    env_id: str | None = None,
+    action_low: Any = None,
+    action_high: Any = None,
+) -> TrajectoryDataset:
+    """Load an offline RL dataset as a :class:`TrajectoryDataset` (see the module docstring for specs).
+
+    ``gamma`` (default 0.99, or what an npz written by qtkit records) is the discount of the
+    precomputed returns; ``download=True`` lets Minari download a missing dataset;
+    ``ref_min_score``/``ref_max_score``/``env_id`` override what the source records;
+    ``action_low``/``action_high`` (scalars or ``[act]``) override the action bounds.
+    """
+    overrides = {k: v for k, v in (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score),
+                                   ("env_id", env_id)) if v is not None}
+    for key in ("ref_min_score", "ref_max_score"):
+        if key in overrides:
+            overrides[key] = float(overrides[key])
+    if isinstance(spec, TrajectoryDataset):
+        dataset = spec
+        if gamma is None and not overrides and action_low is None and action_high is None:
+            return dataset
+    elif isinstance(spec, str) and spec.startswith("minari:"):
+        dataset = _load_minari(spec[len("minari:"):].strip(), download=download, gamma=gamma)
+    elif isinstance(spec, str | os.PathLike):
+        path = Path(os.fspath(spec)).expanduser()
+        if not path.exists():
+            raise DataError(_missing_path_message(str(spec), path))
+        if path.is_dir():
+            raise DataError(
+                f"{path} is a directory; load_dataset takes a D4RL-style .hdf5/.npz file or 'minari:<dataset_id>' "
+                "(Minari datasets are found by id in $MINARI_DATASETS_PATH)."
+            )
+        kind = _file_kind(path)
+        dataset = _load_hdf5(path, gamma) if kind == "hdf5" else _load_npz(path, gamma)
+    else:
+        raise TypeError(
+            f"load_dataset takes 'minari:<id>', a path to an .hdf5/.npz file or a TrajectoryDataset, got "
+            f"{type(spec).__name__}."
+        )
+    action_space = None
+    if action_low is not None or action_high is not None:
+        from gymnasium import spaces
+
+        act_dim = dataset.act_dim
+        low = np.broadcast_to(np.asarray(dataset.action_low if action_low is None else action_low, np.float32),
+                              (act_dim,))
+        high = np.broadcast_to(np.asarray(dataset.action_high if action_high is None else action_high, np.float32),
+                               (act_dim,))
+        action_space = spaces.Box(low=low.copy(), high=high.copy(), dtype=np.float32)
+    if gamma is None and not overrides and action_space is None:
+        return dataset
+    return dataset._clone(gamma=gamma, metadata=overrides, action_space=action_space)
+
+
+# ------------------------------------------------------------------------------------------ files
+def _missing_path_message(text: str, path: Path) -> str:
+    msg = f"no such file: {path}. load_dataset takes a path to a D4RL-style .hdf5/.npz file or 'minari:<dataset_id>'."
+    if "/" in text or re.search(r"-v\d+$", text):
+        try:
+            local = _local_minari_ids()
+        except Exception:
+            local = []
+        if text in local:
+            msg += f" {text!r} is a local Minari dataset: use load_dataset('minari:{text}')."
+    return msg
+
+
+def _file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _HDF5_SUFFIXES:
+        return "hdf5"
+    if suffix == ".npz":
+        return "npz"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == _HDF5_MAGIC:
+        return "hdf5"
+    if head[:2] == b"PK":
+        return "npz"
+    raise DataError(
+        f"{path}: unknown file type (suffix {suffix!r}, neither HDF5 nor npz); load_dataset reads D4RL-style .hdf5 "
+        "and .npz files and 'minari:<dataset_id>'."
+    )
+
+
+def _scalar(value: Any) -> Any:
+    arr = np.asarray(value)
+    if arr.shape not in ((), (1,)):
+        return None
+    item = arr.reshape(()).item()
+    if isinstance(item, bytes):
+        item = item.decode()
+    return item
+
+
+def _load_hdf5(path: Path, gamma: float | None) -> TrajectoryDataset:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open as HDF5 ({e}).") from None
+    with f:
+        present = sorted(f.keys())
+        arrays: dict[str, np.ndarray] = {}
+        for key in (*D4RL_KEYS, "next_observations"):
+            if key in f and isinstance(f[key], h5py.Dataset):
+                arrays[key] = f[key][()]
+        extras: dict[str, Any] = {}
+        for key in ("ref_min_score", "ref_max_score", "env_id"):
+            if key in f.attrs:
+                extras[key] = _scalar(f.attrs[key])
+            elif key in f and isinstance(f[key], h5py.Dataset) and f[key].size == 1:
+                extras[key] = _scalar(f[key][()])
+    return _from_flat(arrays, present, extras, path, "hdf5", gamma)
+
+
+def _load_npz(path: Path, gamma: float | None) -> TrajectoryDataset:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e}).") from None
+    with npz:
+        present = sorted(npz.files)
+        arrays = {k: npz[k] for k in (*D4RL_KEYS, "next_observations") if k in npz.files}
+        extras = {k: _scalar(npz[k]) for k in ("ref_min_score", "ref_max_score", "env_id") if k in npz.files}
+        saved = json.loads(str(npz["qtkit_metadata"])) if "qtkit_metadata" in npz.files else None
+    return _from_flat(arrays, present, extras, path, "npz", gamma, saved)
+
+
+def _from_flat(
+    arrays: Mapping[str, np.ndarray],
+    present: list[str],
+    extras: Mapping[str, Any],
+    path: Path,
+    source: str,
+    gamma: float | None,
+    saved: Mapping[str, Any] | None = None,
+) -> TrajectoryDataset:
+    """Split D4RL-style flat arrays into episodes (see the module docstring)."""
+    missing = [k for k in D4RL_KEYS if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{path} has no {', '.join(repr(k) for k in missing)} (keys present: {present}). A D4RL-style file "
+            f"needs {', '.join(D4RL_KEYS)} (next_observations optional); a file without time-outs can add "
+            "timeouts = zeros_like(terminals)."
+        )
+    obs = np.asarray(arrays["observations"])
+    obs = obs.reshape(len(obs), -1) if obs.ndim != 1 else obs.reshape(-1, 1)
+    act = np.asarray(arrays["actions"])
+    act = act.reshape(len(act), -1) if act.ndim != 1 else act.reshape(-1, 1)
+    flat = {"observations": obs, "actions": act}
+    for key in ("rewards", "terminals", "timeouts"):
+        arr = np.asarray(arrays[key])
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise DataError(f"{path}: {key!r} must have one value per row, got shape {arr.shape}.")
+        flat[key] = arr
+    nxt = None
+    if "next_observations" in arrays:
+        nxt = np.asarray(arrays["next_observations"])
+        nxt = nxt.reshape(len(nxt), -1) if nxt.ndim != 1 else nxt.reshape(-1, 1)
+        flat["next_observations"] = nxt
+    n = len(obs)
+    sizes = {k: len(v) for k, v in flat.items()}
+    if len(set(sizes.values())) != 1:
+        raise DataError(
+            f"{path}: length mismatch, {', '.join(f'{k} has {v} rows' for k, v in sizes.items())}; every key of a "
+            "D4RL-style file has one row per transition."
+        )
+    if n == 0:
+        raise DataError(f"{path} is empty: it holds 0 transitions.")
+    if nxt is not None and nxt.shape[1] != obs.shape[1]:
+        raise DataError(
+            f"{path}: next_observations has {nxt.shape[1]} columns but observations has {obs.shape[1]}."
+        )
+
+    terminals = flat["terminals"] != 0
+    timeouts = flat["timeouts"] != 0
+    ends = np.flatnonzero(terminals | timeouts)
+    trailing = len(ends) == 0 or ends[-1] != n - 1
+    if trailing:
+        ends = np.append(ends, n - 1)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+
+    # NaN/inf: name the file row, the episode and the step
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        if key not in flat:
+            continue
+        bad = _first_nonfinite(flat[key])
+        if bad is None:
+            continue
+        row, col, value = bad
+        ep = int(np.searchsorted(starts, row, side="right") - 1)
+        step = row - int(starts[ep])
+        column = f", column {col}" if col >= 0 else ""
+        raise DataError(
+            f"{path}: {key!r} holds {value} at row {row} (episode {ep}, step {step}{column}). Clean the file (drop "
+            "or repair that episode) before loading: qtkit does not train on NaN/inf."
+        )
+
+    ep_terminal = terminals[ends]
+    if nxt is not None:
+        lengths = ends - starts + 1
+        final_obs = nxt[ends]
+        step_keep = np.ones(n, dtype=bool)
+        obs_all = np.insert(obs, ends + 1, final_obs, axis=0)
+        final_rule = "next_observations"
+    else:
+        # time-out / trailing episodes drop their last transition; terminal ones keep it
+        lengths = np.where(ep_terminal, ends - starts + 1, ends - starts)
+        step_keep = np.ones(n, dtype=bool)
+        step_keep[ends[~ep_terminal]] = False
+        counts = np.ones(n, dtype=np.int64)
+        counts[ends[ep_terminal]] = 2  # the placeholder final observation of a terminal episode
+        dropped = np.flatnonzero(lengths == 0)  # one-row episodes ending on a time-out
+        counts[starts[dropped]] = 0
+        step_keep[starts[dropped]] = False
+        obs_all = np.repeat(obs, counts, axis=0)
+        final_rule = "last transition dropped (time-outs); terminal observation repeated (terminations)"
+    kept = lengths > 0
+    lengths = lengths[kept]
+    ep_terminal = ep_terminal[kept]
+    ep_timeout = timeouts[ends][kept]
+    N = int(lengths.sum())
+    last = np.cumsum(lengths) - 1
+    term = np.zeros(N, dtype=bool)
+    trunc = np.zeros(N, dtype=bool)
+    term[last] = ep_terminal
+    trunc[last] = ep_timeout | ~ep_terminal  # a trailing episode without flags is truncated
+
+    metadata: dict[str, Any] = {}
+    obs_space = act_space = None
+    ids = None
+    saved_gamma = None
+    if saved:
+        metadata.update(saved.get("metadata") or {})
+        saved_gamma = saved.get("gamma")
+        obs_space, act_space = _saved_spaces(saved, path)
+        ids = saved.get("episode_ids")
+        if ids is not None and len(ids) != len(lengths):
+            ids = None
+    metadata.update({
+        "source": source,
+        "path": str(path),
+        "dataset_id": metadata.get("dataset_id") or path.stem,
+        "final_observation": final_rule,
+    })
+    for key in ("ref_min_score", "ref_max_score"):
+        if extras.get(key) is not None:
+            metadata[key] = float(extras[key])
+    if extras.get("env_id"):
+        metadata["env_id"] = str(extras["env_id"])
+    if not kept.all():
+        metadata["dropped_episodes"] = int((~kept).sum())  # one-row episodes ending on a time-out
+    g = gamma if gamma is not None else (saved_gamma if saved_gamma is not None else DEFAULT_GAMMA)
+    return TrajectoryDataset(
+        obs_all, act[step_keep], flat["rewards"][step_keep], term, trunc, lengths,
+        observation_space=obs_space, action_space=act_space, metadata=metadata, gamma=g, episode_ids=ids,
+    )
+
+
+def _saved_spaces(saved: Mapping[str, Any], path: Path) -> tuple[Any, Any]:
+    from qtkit.data.spaces import space_from_json
+
+    out = []
+    for key in ("observation_space", "action_space"):
+        text = saved.get(key)
+        try:
+            out.append(space_from_json(text) if text else None)
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: qtkit_metadata holds an unreadable {key} ({e}).") from None
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------- minari
+def _local_minari_ids() -> list[str]:
+    import minari
+
+    return sorted(minari.list_local_datasets())
+
+
+def _datasets_root() -> str:
+    return os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+
+
+def _resolve_minari_id(dataset_id: str, local: list[str]) -> str | None:
+    if dataset_id in local:
+        return dataset_id
+    if re.search(r"-v\d+$", dataset_id):
+        return None
+    versions = [(int(m.group(1)), d) for d in local if (m := re.fullmatch(re.escape(dataset_id) + r"-v(\d+)", d))]
+    return max(versions)[1] if versions else None
+
+
+def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> TrajectoryDataset:
+    if not dataset_id:
+        raise DataError("empty Minari dataset id; write 'minari:<dataset_id>', e.g. 'minari:D4RL/pointmaze/umaze-v2'.")
+    import minari
+
+    local = _local_minari_ids()
+    resolved = _resolve_minari_id(dataset_id, local)
+    if resolved is None:
+        if not download:
+            listing = ", ".join(local) if local else "none"
+            raise DataError(
+                f"Minari dataset {dataset_id!r} is not in the local Minari folder {_datasets_root()} "
+                f"(local datasets: {listing}).{did_you_mean(dataset_id, local)} Download it with "
+                f"`minari download {dataset_id}` or load_dataset('minari:{dataset_id}', download=True); set "
+                "MINARI_DATASETS_PATH if your datasets live elsewhere."
+            )
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:
+            raise DataError(f"could not download Minari dataset {dataset_id!r}: {e}") from None
+        resolved = _resolve_minari_id(dataset_id, _local_minari_ids()) or dataset_id
+    try:
+        mds = minari.load_dataset(resolved)
+    except Exception as e:
+        raise DataError(f"Minari could not load dataset {resolved!r}: {e}") from None
+
+    meta = mds.storage.metadata
+    metadata: dict[str, Any] = {
+        "source": "minari",
+        "dataset_id": resolved,
+        "path": str(mds.storage.data_path),
+        "minari_version": meta.get("minari_version"),
+    }
+    for key in ("ref_min_score", "ref_max_score"):
+        if meta.get(key) is not None:
+            metadata[key] = float(meta[key])
+    for key in ("env_spec", "eval_env_spec"):
+        if meta.get(key):
+            metadata[key] = str(meta[key])
+    for key in ("eval_env_spec", "env_spec"):  # the evaluation env's id
+        if metadata.get(key):
+            try:
+                metadata["env_id"] = str(json.loads(metadata[key])["id"])
+                break
+            except (ValueError, KeyError, TypeError):
+                continue
+    try:
+        return TrajectoryDataset.from_episodes(
+            mds.iterate_episodes(), observation_space=mds.observation_space, action_space=mds.action_space,
+            metadata=metadata, gamma=DEFAULT_GAMMA if gamma is None else gamma,
+        )
+    except DataError as e:
+        raise DataError(f"Minari dataset {resolved!r}: {e}") from None
+
+
+# -------------------------------------------------------------------------------------------- env
+def _make_by_id(env_id: str, name: str, **kwargs: Any) -> Any:
+    import gymnasium as gym
+
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as first:
+        try:  # maze / fetch / adroit envs are registered by gymnasium-robotics
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+            return gym.make(env_id, **kwargs)
+        except Exception:
+            raise DataError(
+                f"cannot make env {env_id!r} for dataset {name}: {first}. Install the package that registers it, "
+                "or pass env_id=... to qtkit.data.load_dataset."
+            ) from None
+
+
+def make_env_for(dataset: TrajectoryDataset, **kwargs: Any) -> Any:
+    """The evaluation env of ``dataset`` (see :meth:`TrajectoryDataset.make_env`)."""
+    md = dataset.metadata
+    if md.get("source") == "minari" and md.get("dataset_id"):
+        try:
+            import minari
+
+            if md["dataset_id"] in minari.list_local_datasets():
+                return minari.load_dataset(md["dataset_id"]).recover_environment(eval_env=True, **kwargs)
+        except ValueError:  # no env_spec recorded: fall through to env_id / error
+            pass
+    for key in ("eval_env_spec", "env_spec"):
+        text = md.get(key)
+        if text:
+            import gymnasium as gym
+            from gymnasium.envs.registration import EnvSpec
+
+            try:
+                spec = EnvSpec.from_json(str(text))
+            except Exception:
+                continue
+            return gym.make(spec, **kwargs)
+    if md.get("env_id"):
+        return _make_by_id(str(md["env_id"]), dataset.name, **kwargs)
+    raise DataError(
+        f"dataset {dataset.name} records no environment (no env_spec or env_id in its metadata), so make_env cannot "
+        "build one. Pass env_id='Hopper-v5' (for example) to qtkit.data.load_dataset, or build the env yourself "
+        "with gymnasium.make(...)."
+    )

@@ -1,0 +1,250 @@
+"""Datasets qtkit makes itself with real simulators and real expert controllers (no downloads).
+
+>>> from qtkit.data.makers import make_dataset, list_makers
+>>> dataset_id = make_dataset("pointmaze-umaze-sparse", steps=100_000, seed=0)   # 'qtkit/pointmaze-umaze-sparse-v0'
+>>> import minari; minari.load_dataset(dataset_id).recover_environment()
+
+Every maker writes a local Minari dataset (hdf5 backend) under ``$MINARI_DATASETS_PATH`` with id
+``qtkit/<maker>-v0`` (override with ``dataset_id``; qtkit's loader takes it as ``"minari:<id>"``), the
+collection env's spec (``recover_environment()``) and an evaluation env spec
+(``recover_environment(eval_env=True)``), ``ref_min_score`` / ``ref_max_score`` for D4RL-style normalised
+scores, a description saying how it was made, and a ``qtkit_maker`` metadata entry (maker, steps, seed,
+noise, options, where the reference scores come from). Same name, steps, seed, noise and options give
+the same arrays.
+
+Makers:
+
+- ``pointmaze-{umaze,medium,large}-{sparse,dense}``: noisy BFS-waypoint + PD expert in PointMaze v3,
+  one continuous run with goals resampled on arrival, cut into fixed-length truncated episodes
+  (D4RL maze2d-style; the stitching setting). ~10k steps/s.
+- ``{hopper,halfcheetah,walker2d}-random``: uniform-random policy in the MuJoCo -v5 env.
+- ``{hopper,halfcheetah,walker2d}-medium-replay`` / ``-medium``: an online SAC run (stable-baselines3,
+  ``pip install 'qtkit[makers]'``) stopped at the medium level: all it collected / rollouts of its
+  final stochastic policy. Slow: ~15 min per 100k SAC steps on 2 cores.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from qtkit.data.makers import mujoco_random, pointmaze, sac
+from qtkit.data.makers.common import Made
+from qtkit.data.makers.writer import (
+    NAMESPACE,
+    DatasetExistsError,
+    check_writable,
+    default_dataset_id,
+    normalize_dataset_id,
+    write_minari_dataset,
+)
+from qtkit.errors import ConfigError, DataError, UnknownNameError, did_you_mean
+
+__all__ = [
+    "NAMESPACE",
+    "DatasetExistsError",
+    "Maker",
+    "MissingExtraError",
+    "default_dataset_id",
+    "get_maker",
+    "list_makers",
+    "make_dataset",
+]
+
+MissingExtraError = sac.MissingExtraError
+_COMMON = {"steps", "seed", "noise", "progress"}
+
+
+@dataclass(frozen=True)
+class Maker:
+    """A registered dataset maker."""
+
+    name: str
+    summary: str
+    default_steps: int
+    build: Callable[..., Made]  # build(steps=, seed=, noise=, progress=, **options)
+    default_noise: float | None = None  # None: the maker takes no noise level
+    extra: str | None = None  # the qtkit extra it needs, e.g. "makers"
+    steps_meaning: str = "env steps in the dataset"
+
+    def options(self) -> list[str]:
+        """The maker-specific keyword options (beyond steps, seed, noise, progress)."""
+        params = inspect.signature(self.build).parameters
+        return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in _COMMON]
+
+
+def _pointmaze(maze: str, reward: str, *, steps: int, seed: int, noise: float, progress: bool,
+               episode_length: int | None = None, ref_episodes: int = 50) -> Made:
+    return pointmaze.make_pointmaze(maze, reward, steps=steps, seed=seed, noise=noise, progress=progress,
+                                    episode_length=episode_length, ref_episodes=ref_episodes)
+
+
+def _random(task: str, *, steps: int, seed: int, noise: None, progress: bool, ref_episodes: int | None = None) -> Made:
+    return mujoco_random.make_mujoco_random(task, steps=steps, seed=seed, progress=progress, ref_episodes=ref_episodes)
+
+
+def _medium_replay(task: str, *, steps: int, seed: int, noise: None, progress: bool, cache: bool = True,
+                   ref_episodes: int | None = None, target_fraction: float | None = None,
+                   stop_window: int | None = None, net_arch: list[int] | None = None,
+                   learning_starts: int | None = None, batch_size: int | None = None,
+                   learning_rate: float | None = None) -> Made:
+    return sac.make_medium_replay(task, steps=steps, seed=seed, progress=progress, cache=cache,
+                                  ref_episodes=ref_episodes, target_fraction=target_fraction,
+                                  stop_window=stop_window, net_arch=net_arch, learning_starts=learning_starts,
+                                  batch_size=batch_size, learning_rate=learning_rate)
+
+
+def _medium(task: str, *, steps: int, seed: int, noise: None, progress: bool,
+            train_steps: int = sac.DEFAULT_TRAIN_STEPS, cache: bool = True, ref_episodes: int | None = None,
+            target_fraction: float | None = None, stop_window: int | None = None, net_arch: list[int] | None = None,
+            learning_starts: int | None = None, batch_size: int | None = None,
+            learning_rate: float | None = None) -> Made:
+    return sac.make_medium(task, steps=steps, seed=seed, progress=progress, train_steps=train_steps, cache=cache,
+                           ref_episodes=ref_episodes, target_fraction=target_fraction, stop_window=stop_window,
+                           net_arch=net_arch, learning_starts=learning_starts, batch_size=batch_size,
+                           learning_rate=learning_rate)
+
+
+def _registry() -> dict[str, Maker]:
+    makers: list[Maker] = []
+    for maze in pointmaze.MAZES:
+        for reward in ("sparse", "dense"):
+            env_id = pointmaze.pointmaze_env_id(maze, reward)
+            makers.append(Maker(
+                name=f"pointmaze-{maze}-{reward}",
+                summary=f"{env_id}: noisy BFS-waypoint+PD expert, continuous run cut into truncated episodes",
+                default_steps=pointmaze.DEFAULT_STEPS[maze], build=partial(_pointmaze, maze, reward),
+                default_noise=pointmaze.DEFAULT_NOISE,
+            ))
+    for task, env_id in mujoco_random.TASKS.items():
+        makers.append(Maker(name=f"{task}-random", summary=f"{env_id}: uniform-random policy",
+                            default_steps=mujoco_random.DEFAULT_STEPS, build=partial(_random, task)))
+    for task, env_id in mujoco_random.TASKS.items():
+        makers.append(Maker(
+            name=f"{task}-medium-replay",
+            summary=f"{env_id}: all transitions of a SAC run stopped at medium (slow: ~15 min/100k steps)",
+            default_steps=sac.DEFAULT_TRAIN_STEPS, build=partial(_medium_replay, task), extra="makers",
+            steps_meaning="SAC step budget (the dataset is every step it ran)",
+        ))
+        makers.append(Maker(
+            name=f"{task}-medium",
+            summary=f"{env_id}: rollouts of a medium SAC policy (slow: trains SAC first, ~15 min/100k steps)",
+            default_steps=sac.DEFAULT_MEDIUM_STEPS, build=partial(_medium, task), extra="makers",
+        ))
+    return {m.name: m for m in makers}
+
+
+_MAKERS: dict[str, Maker] = _registry()
+
+
+def list_makers(filter: str = "") -> list[str]:
+    """Names of the dataset makers, optionally filtered by an fnmatch pattern (e.g. ``'pointmaze-*'``)."""
+    return [name for name in _MAKERS if not filter or fnmatch.fnmatch(name, filter)]
+
+
+def get_maker(name: str) -> Maker:
+    """The :class:`Maker` called ``name``; an unknown name lists the makers and suggests close matches."""
+    maker = _MAKERS.get(str(name))
+    if maker is None:
+        raise UnknownNameError(
+            f"No dataset maker called {name!r}.{did_you_mean(str(name), _MAKERS)} "
+            f"Makers: {', '.join(_MAKERS)}. (See: qtkit data list.)"
+        )
+    return maker
+
+
+def _check_int(what: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ConfigError(f"{what}={value!r}: expected an integer >= {minimum}.")
+    return int(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def make_dataset(
+    name: str,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    noise: float | None = None,
+    dataset_id: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> str:
+    """Make dataset ``name`` (see :func:`list_makers`) and write it as a local Minari dataset; returns its id.
+
+    ``steps``: dataset size in env steps (default: the maker's; for ``*-medium-replay`` the SAC step
+    budget). ``seed``: seeds env resets and a NumPy Generator; same arguments, same arrays. ``noise``: std
+    of the Gaussian action noise (PointMaze makers only; default 0.5). ``dataset_id``: Minari id to write
+    (default ``qtkit/<name>-v0``). ``overwrite``: replace an existing dataset (otherwise an error). A
+    failed or interrupted make leaves nothing under the id. ``progress``: tqdm bar with steps/s.
+    ``kwargs``: maker options (:meth:`Maker.options`), e.g. ``episode_length``, ``ref_episodes``,
+    ``train_steps``, ``net_arch``, ``learning_starts``, ``cache``.
+    """
+    maker = get_maker(name)
+    steps = maker.default_steps if steps is None else _check_int(f"steps (maker {name!r})", steps, 1)
+    seed = _check_int("seed", seed, 0)
+    if maker.default_noise is None:
+        if noise is not None:
+            raise ConfigError(f"Maker {name!r} takes no noise level (it is not an expert with action noise); "
+                              f"drop noise= / --noise.")
+    else:
+        noise = maker.default_noise if noise is None else noise
+        if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
+            raise ConfigError(f"noise={noise!r} for maker {name!r}: expected a finite number >= 0 "
+                              f"(std of the Gaussian action noise; default {maker.default_noise}).")
+        noise = float(noise)
+    options = maker.options()
+    for key in kwargs:
+        if key not in options:
+            raise ConfigError(
+                f"Maker {name!r} has no option {key!r}.{did_you_mean(key, options)} "
+                f"Its options: {', '.join(options) or '(none)'}; common: steps, seed, noise, dataset_id, overwrite."
+            )
+    if maker.extra == "makers":
+        sac.require_sb3()
+    dataset_id = default_dataset_id(name) if dataset_id is None else normalize_dataset_id(dataset_id)
+    check_writable(dataset_id, overwrite)  # fail before spending minutes collecting
+
+    made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+    if not made.ref_min_score < made.ref_max_score:
+        raise DataError(
+            f"Maker {name!r}: ref_min_score {made.ref_min_score:.3f} (random) is not below ref_max_score "
+            f"{made.ref_max_score:.3f} (expert), so normalised scores would be meaningless; nothing was written. "
+            f"Raise ref_episodes or check the expert."
+        )
+    from qtkit import __version__
+
+    metadata = {
+        "ref_min_score": float(made.ref_min_score),
+        "ref_max_score": float(made.ref_max_score),
+        "qtkit_maker": _json_safe({
+            "maker": name, "qtkit_version": __version__, "steps": steps, "seed": seed, "noise": noise,
+            "options": kwargs, **made.provenance,
+        }),
+    }
+    write_minari_dataset(
+        dataset_id, made.episodes, env=made.env, eval_env=made.eval_env, metadata=metadata,
+        description=made.description, algorithm_name=made.algorithm_name, requirements=made.requirements,
+        overwrite=overwrite,
+    )
+    return dataset_id
