@@ -147,6 +147,10 @@ def build(
         "gamma": resolved["train"].get("gamma"),
         "rtg_scale": resolved["train"].get("rtg_scale"),
     }
+    if resolved["train"].get("seed") is not None:
+        import torch
+
+        torch.manual_seed(int(resolved["train"]["seed"]))  # component initialisation is reproducible
     components: dict[str, Any] = {}
     for slot in SLOTS:
         if slot == "backbone":

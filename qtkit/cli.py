@@ -14,6 +14,15 @@ app = typer.Typer(
 )
 
 
+def _mount_subcommands() -> None:
+    from qtkit.data.cli import app as data_app
+
+    app.add_typer(data_app, name="data", help="Make, list and inspect offline datasets.")
+
+
+_mount_subcommands()
+
+
 class ListWhat(str, Enum):
     presets = "presets"
     components = "components"

@@ -348,7 +348,10 @@ def resolve_slot(slot: str, spec: Any, *, preset: str) -> dict[str, Any] | None:
             f"{where_slot}: expected a component name or a mapping with 'type', got {spec!r}."
         )
     if "type" not in spec:
-        raise ConfigError(f"{where_slot}: missing 'type' (the registered {slot} name), got {spec}.")
+        raise ConfigError(
+            f"{where_slot}: missing 'type' (the registered {slot} name), got {spec}. If the preset's {slot} is "
+            f"null, name one, e.g. {slot}={{'type': NAME, ...}} (`qtkit list components`)."
+        )
     entry = get_component(slot, spec["type"], where=where_slot)
     where = f"{where_slot} ({slot} {entry.name!r})"
     params = {k: v for k, v in spec.items() if k != "type"}

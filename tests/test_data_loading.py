@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +20,6 @@ from qtkit.data import (
     load_dataset,
     normalized_score,
 )
-from qtkit.errors import DataError
 
 PENDULUM_ID = "qtkit-test/pendulum-v0"
 MAZE_ID = "qtkit-test/umaze-v0"
@@ -383,13 +380,37 @@ def test_action_bounds_cover_the_data() -> None:
 
 # ---------------------------------------------------------------------------------------- packaging
 def test_importing_qtkit_data_stays_light() -> None:
-    code = (
-        "import sys, qtkit, qtkit.data\n"
-        "heavy = [m for m in ('minari', 'gymnasium', 'h5py', 'qtkit.data.makers') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    """Re-import qtkit.data (in this process: no second torch import) with minari, gymnasium and h5py blocked."""
+    import importlib
+    import importlib.abc
+
+    import qtkit
+
+    heavy = ("minari", "gymnasium", "h5py", "qtkit.data.makers")
+
+    def is_heavy(name: str) -> bool:
+        return any(name == h or name.startswith(h + ".") for h in heavy)
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            if is_heavy(name):
+                raise ImportError(f"importing qtkit.data imported {name} at module level")
+
+    ours = [k for k in sys.modules if k == "qtkit.data" or k.startswith("qtkit.data.") or is_heavy(k)]
+    saved = {k: sys.modules.pop(k) for k in ours}
+    blocker = Blocker()
+    sys.meta_path.insert(0, blocker)
+    try:
+        fresh = importlib.import_module("qtkit.data")
+        assert hasattr(fresh, "load_dataset") and hasattr(fresh, "TrajectoryDataset")
+        assert not [k for k in sys.modules if is_heavy(k)]
+    finally:
+        sys.meta_path.remove(blocker)
+        for k in [k for k in sys.modules if k == "qtkit.data" or k.startswith("qtkit.data.") or is_heavy(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if "qtkit.data" in saved:
+            qtkit.data = saved["qtkit.data"]
 
 
 def test_makers_are_re_exported_lazily() -> None:

@@ -126,8 +126,8 @@ class QTAgent(Agent):
     def prepare(self, dataset: Any) -> None:
         """Take observation statistics, return targets and reference scores from the dataset."""
         self.check_dataset(dataset)
-        self.obs_mean = torch.as_tensor(np.asarray(dataset.obs_mean), dtype=torch.float32)
-        self.obs_std = torch.as_tensor(np.asarray(dataset.obs_std), dtype=torch.float32)
+        self.obs_mean = torch.tensor(np.array(dataset.obs_mean), dtype=torch.float32)
+        self.obs_std = torch.tensor(np.array(dataset.obs_std), dtype=torch.float32)
         best = float(np.max(dataset.episode_returns))
         targets = getattr(self.sampler, "targets", None)
         fractions = getattr(self.sampler, "target_fractions", [1.0])
@@ -177,10 +177,13 @@ class QTAgent(Agent):
         # 1. Critic: targets from the preset's backup, bootstrapped through the EMA policy (eval mode).
         if self.critic is not None:
             with torch.no_grad(), self.autocast():
-                bootstrap_actions = None
-                if self.ema_policy is not None and self.backup.needs_next_values:
-                    bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask)[0].float()
-                next_values, next_valid = self.critic.bootstrap(states, next_states, bootstrap_actions, mask)
+                if self.backup.needs_next_values:
+                    bootstrap_actions = None
+                    if self.ema_policy is not None:
+                        bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask)[0].float()
+                    next_values, next_valid = self.critic.bootstrap(states, next_states, bootstrap_actions, mask)
+                else:  # e.g. Monte-Carlo targets: no bootstrap, no EMA forward pass
+                    next_values, next_valid = torch.zeros_like(batch.rewards), mask
                 targets, valid = self.backup(batch, next_values.float(), next_valid)
             with self.autocast():
                 critic_loss, critic_metrics = self.critic.loss(states, actions, targets, valid, batch=batch)
@@ -221,7 +224,7 @@ class QTAgent(Agent):
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"non-finite {what} loss ({float(loss)}) at step {self.step}; the step was not applied. "
+                f"non-finite {what} loss ({float(loss.detach())}) at step {self.step}; the step was not applied. "
                 "Lower the learning rate or eta, check the dataset for extreme values, or raise grad clipping."
             )
         optimizer.zero_grad(set_to_none=True)
@@ -253,12 +256,14 @@ class QTAgent(Agent):
         log_dir: str | Path | None = None,
         resume: str | Path | None = None,
         checkpoint_every: int | None = None,
+        until: int | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
         """Train for ``steps`` gradient steps (default ``train.steps``) on ``dataset``.
 
         Evaluates on ``eval_env`` every ``eval_every`` steps and at the end; writes metrics (CSV,
         TensorBoard) and a checkpoint to ``log_dir``; ``resume`` continues a checkpoint exactly.
+        ``until`` stops early at that step (the LR schedule still spans ``steps``), e.g. to train in chunks.
         Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
         """
         from qtkit.agents.logger import MetricsLogger
@@ -283,7 +288,8 @@ class QTAgent(Agent):
         if self.critic is not None:
             self.critic.train()
         try:
-            while self.step < total:
+            stop = min(total, until) if until is not None else total
+            while self.step < stop:
                 batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
                 batch = batch.to(self.device)
                 try:
@@ -292,7 +298,7 @@ class QTAgent(Agent):
                     where = f" The last good checkpoint is in {log_dir}." if log_dir else ""
                     raise TrainingError(f"{exc}{where}") from None
                 logger.advance()
-                done = self.step >= total
+                done = self.step >= stop
                 if self.step % tc.log_every == 0 or done:
                     logger.log(self.step, metrics)
                 if eval_env is not None and ((eval_every and self.step % eval_every == 0) or done):

@@ -40,7 +40,19 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-@app.command("make")
+_MAKE_HELP = (
+    "Make dataset NAME with a real simulator and write it as a local Minari dataset (see: qtkit data list).\n\n"
+    "PointMaze makers (pointmaze-{umaze,medium,large}-{sparse,dense}) take seconds (~5-10k steps/s: 100k "
+    "steps of pointmaze-umaze-sparse in about 25 s). *-random makers run at simulator speed. "
+    "The SAC makers (*-medium-replay, *-medium) need stable-baselines3 (the 'makers' extra) and train SAC "
+    "online first: about 15 minutes per 100k SAC steps on 2 CPU cores (default budget 300k steps, stopping "
+    "early at the medium level); the finished run is cached, so making -medium after -medium-replay trains "
+    "once.\n\n"
+    "An existing dataset is only replaced with --overwrite; a failed or interrupted make leaves nothing behind."
+)
+
+
+@app.command("make", help=_MAKE_HELP)
 def make_cmd(
     name: str = typer.Argument(..., help="maker name, e.g. pointmaze-umaze-sparse (see: qtkit data list)"),
     steps: int | None = typer.Option(None, "--steps", help="env steps in the dataset (default: the maker's; "
@@ -54,14 +66,7 @@ def make_cmd(
                                   "episode_length=500, --opt train_steps=50000, --opt net_arch=[64,64]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar with steps/s"),
 ) -> None:
-    """Make dataset NAME with a real simulator and write it as a local Minari dataset.
-
-    PointMaze makers (pointmaze-{umaze,medium,large}-{sparse,dense}) take seconds (~10k steps/s).
-    *-random makers are as fast as the simulator. The SAC makers (*-medium-replay, *-medium; need
-    pip install 'qtkit[makers]') train SAC online first: about 15 minutes per 100k SAC steps on 2 CPU
-    cores (default budget 300k steps, stopping early at the medium level); the finished run is cached, so
-    making -medium after -medium-replay trains once. An interrupted make leaves nothing behind.
-    """
+    """Make dataset NAME with a real simulator and write it as a local Minari dataset."""
     from qtkit.data.makers import get_maker, make_dataset
     from qtkit.errors import QtkitError
 

@@ -159,9 +159,9 @@ def get_maker(name: str) -> Maker:
     return maker
 
 
-def _check_int(what: str, value: Any, minimum: int) -> int:
+def _check_int(what: str, value: Any, minimum: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ConfigError(f"{what}={value!r}: expected an integer >= {minimum}.")
+        raise ConfigError(f"{what}={value!r} for maker {name!r}: expected an integer >= {minimum}.")
     return int(value)
 
 
@@ -201,8 +201,8 @@ def make_dataset(
     ``train_steps``, ``net_arch``, ``learning_starts``, ``cache``.
     """
     maker = get_maker(name)
-    steps = maker.default_steps if steps is None else _check_int(f"steps (maker {name!r})", steps, 1)
-    seed = _check_int("seed", seed, 0)
+    steps = maker.default_steps if steps is None else _check_int("steps", steps, 1, name)
+    seed = _check_int("seed", seed, 0, name)
     if maker.default_noise is None:
         if noise is not None:
             raise ConfigError(f"Maker {name!r} takes no noise level (it is not an expert with action noise); "

@@ -1,0 +1,123 @@
+"""Every QT-family preset trains, evaluates, saves, loads and resumes (CleanRL-style smoke runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import qtkit
+from qtkit.data import TrajectoryDataset
+from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+
+TINY = {
+    "backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
+    "critic": {"hidden": [32, 32]},
+    "batch_size": 8,
+    "context": 4,
+    "log_every": 2,
+    "ema_start": 2,
+    "ema_every": 1,
+    "warmup_steps": 0,
+}
+
+
+def tiny(preset: str) -> dict:
+    """TINY, without a critic override for presets that have no critic."""
+    has_critic = qtkit.build(preset, obs_dim=1, act_dim=1).config["critic"] is not None
+    return {k: v for k, v in TINY.items() if k != "critic" or has_critic}
+
+
+QT_PRESETS = [p for p in qtkit.list_presets() if qtkit.build(p, obs_dim=1, act_dim=1).config["agent"] == "qt"]
+
+
+def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> TrajectoryDataset:
+    """Random-policy Pendulum episodes cut at ``length`` steps (truncated), with reference scores."""
+    env = gym.make("Pendulum-v1", max_episode_steps=length)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = rng.uniform(-2, 2, size=1).astype(np.float32)
+            obs, reward, term, trunc, _ = env.step(action)
+            observations.append(obs), actions.append(action), rewards.append(reward)
+            terms.append(term), truncs.append(trunc)
+            done = term or trunc
+        out.append({"observations": np.array(observations), "actions": np.array(actions),
+                    "rewards": np.array(rewards), "terminations": np.array(terms), "truncations": np.array(truncs)})
+    return TrajectoryDataset.from_episodes(
+        out, action_space=env.action_space,
+        metadata={"env_id": "Pendulum-v1", "ref_min_score": -1500.0, "ref_max_score": 0.0, "dataset_id": "pendulum"},
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> TrajectoryDataset:
+    return pendulum_dataset()
+
+
+def eval_env() -> gym.Env:
+    return gym.make("Pendulum-v1", max_episode_steps=10)
+
+
+@pytest.mark.parametrize("preset", QT_PRESETS)
+def test_preset_fits_evaluates_and_reloads(preset: str, data: TrajectoryDataset, tmp_path: Path) -> None:
+    agent = qtkit.build(preset, dataset=data, **tiny(preset))
+    result = agent.fit(data, steps=4, eval_env=eval_env, eval_episodes=2, log_dir=tmp_path, progress=False)
+    assert result["steps"] == 4
+    assert np.isfinite(result["final"]["mean_return"]) and result["final"]["episodes"] == 2
+    assert "normalized_score" in result["final"]
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "checkpoint" / "weights.safetensors").is_file()
+    loaded = qtkit.load(tmp_path)
+    assert loaded.config == agent.config
+    for key, value in agent.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+    obs = np.zeros((2, data.obs_dim), dtype=np.float32)
+    a1 = agent.rollout(num_envs=2, seed=3).act(obs)
+    a2 = loaded.rollout(num_envs=2, seed=3).act(obs)
+    np.testing.assert_allclose(a1, a2, rtol=1e-5, atol=1e-6)
+    assert (np.abs(a1) <= 2.0 + 1e-6).all()
+
+
+def test_resume_continues_exactly(data: TrajectoryDataset, tmp_path: Path) -> None:
+    full = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+    straight = full.fit(data, steps=6, progress=False)
+    first = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+    first.fit(data, steps=6, log_dir=tmp_path, checkpoint_every=3, progress=False, until=3)
+    second = qtkit.load(tmp_path)
+    resumed = second.fit(data, resume=tmp_path / "checkpoint", log_dir=tmp_path, progress=False)
+    a = [r for r in straight["metrics"] if r["step"] in (4, 6)]
+    b = [r for r in resumed["metrics"] if int(r["step"]) in (4, 6)]
+    for x, y in zip(a, b, strict=True):
+        for key in ("critic_loss", "bc_loss", "q_loss"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-6, abs=1e-7), key
+
+
+def test_shape_mismatch_names_both_shapes(data: TrajectoryDataset) -> None:
+    agent = qtkit.build("dt-gpt", obs_dim=data.obs_dim + 1, act_dim=1, **tiny("dt-gpt"))
+    with pytest.raises(ShapeMismatchError, match=r"obs_dim=4.*obs_dim=3"):
+        agent.fit(data, steps=1, progress=False)
+
+
+def test_resume_from_another_preset_is_refused(data: TrajectoryDataset, tmp_path: Path) -> None:
+    qtkit.build("dt-gpt", dataset=data, **tiny("dt-gpt")).fit(data, steps=2, log_dir=tmp_path, progress=False)
+    other = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+    with pytest.raises(CheckpointError, match="'dt-gpt'"):
+        other.fit(data, resume=tmp_path / "checkpoint", progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: TrajectoryDataset, tmp_path: Path) -> None:
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+    agent.fit(data, steps=2, log_dir=tmp_path, progress=False)
+    good = (tmp_path / "checkpoint" / "weights.safetensors").read_bytes()
+    with torch.no_grad():
+        agent.critic.net[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite"):
+        agent.fit(data, resume=None, steps=4, log_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint" / "weights.safetensors").read_bytes() == good
