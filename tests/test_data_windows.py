@@ -116,14 +116,17 @@ def test_window_properties(episodes: list[tuple[int, bool]], K: int, batch_size:
 @given(episodes=episode_lists, gamma=st.sampled_from([0.0, 0.5, 0.99, 1.0]))
 def test_dataset_returns_satisfy_the_recurrence(episodes: list[tuple[int, bool]], gamma: float) -> None:
     ds = build([T for T, _ in episodes], [term for _, term in episodes], gamma=gamma)
-    for i, ep in enumerate(ds):
-        a, b = ds.episode_offsets[i], ds.episode_offsets[i + 1]
-        G = ds.returns[a:b].astype(np.float64)
-        r = ep.rewards.astype(np.float64)
-        alive = 1.0 - ep.terminations
-        np.testing.assert_allclose(G[:-1], r[:-1] + gamma * alive[:-1] * G[1:], rtol=1e-4, atol=1e-4)
-        assert G[-1] == pytest.approx(r[-1], rel=1e-5, abs=1e-5)
-        np.testing.assert_allclose(ds.rtg[a:b][:-1] - ds.rtg[a:b][1:], r[:-1], rtol=1e-4, atol=1e-4)
+    G, r = ds.returns.astype(np.float64), ds.rewards.astype(np.float64)
+    alive = 1.0 - ds.terminations
+    last = np.zeros(ds.num_steps, bool)
+    last[ds.episode_offsets[1:] - 1] = True
+    inner = ~last[:-1]  # t and t+1 in the same episode
+    np.testing.assert_allclose(G[:-1][inner], (r[:-1] + gamma * alive[:-1] * G[1:])[inner], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(G[last], r[last], rtol=1e-5, atol=1e-5)
+    rtg = ds.rtg.astype(np.float64)
+    np.testing.assert_allclose((rtg[:-1] - rtg[1:])[inner], r[:-1][inner], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rtg[last], r[last], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rtg[ds.episode_offsets[:-1]], ds.episode_returns, rtol=1e-4, atol=1e-4)
 
 
 def episode_and_step_counts(ds: TrajectoryDataset, K: int, scheme: str, draws: int, seed: int) -> tuple[Any, Any]:

@@ -80,7 +80,7 @@ def _as_2d(name: str, value: Any, where: str) -> np.ndarray:
         raise DataError(f"{name}{where} is a scalar; it must be an array with one row per step.")
     if arr.ndim == 1:
         return arr.reshape(-1, 1)
-    return arr.reshape(arr.shape[0], -1)
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
 
 
 def _as_1d(name: str, value: Any, where: str) -> np.ndarray:

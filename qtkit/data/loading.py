@@ -184,6 +184,14 @@ def _load_npz(path: Path, gamma: float | None) -> TrajectoryDataset:
     return _from_flat(arrays, present, extras, path, "npz", gamma, saved)
 
 
+def _rows(value: Any) -> np.ndarray:
+    """``[n, ...]`` -> ``[n, prod(...)]`` (``[n]`` -> ``[n, 1]``)."""
+    arr = np.asarray(value)
+    if arr.ndim <= 1:
+        return arr.reshape(-1, 1)
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
+
+
 def _from_flat(
     arrays: Mapping[str, np.ndarray],
     present: list[str],
@@ -201,10 +209,8 @@ def _from_flat(
             f"needs {', '.join(D4RL_KEYS)} (next_observations optional); a file without time-outs can add "
             "timeouts = zeros_like(terminals)."
         )
-    obs = np.asarray(arrays["observations"])
-    obs = obs.reshape(len(obs), -1) if obs.ndim != 1 else obs.reshape(-1, 1)
-    act = np.asarray(arrays["actions"])
-    act = act.reshape(len(act), -1) if act.ndim != 1 else act.reshape(-1, 1)
+    obs = _rows(arrays["observations"])
+    act = _rows(arrays["actions"])
     flat = {"observations": obs, "actions": act}
     for key in ("rewards", "terminals", "timeouts"):
         arr = np.asarray(arrays[key])
@@ -215,8 +221,7 @@ def _from_flat(
         flat[key] = arr
     nxt = None
     if "next_observations" in arrays:
-        nxt = np.asarray(arrays["next_observations"])
-        nxt = nxt.reshape(len(nxt), -1) if nxt.ndim != 1 else nxt.reshape(-1, 1)
+        nxt = _rows(arrays["next_observations"])
         flat["next_observations"] = nxt
     n = len(obs)
     sizes = {k: len(v) for k, v in flat.items()}

@@ -79,38 +79,6 @@ class Maker:
         return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in _COMMON]
 
 
-def _pointmaze(maze: str, reward: str, *, steps: int, seed: int, noise: float, progress: bool,
-               episode_length: int | None = None, ref_episodes: int = 50) -> Made:
-    return pointmaze.make_pointmaze(maze, reward, steps=steps, seed=seed, noise=noise, progress=progress,
-                                    episode_length=episode_length, ref_episodes=ref_episodes)
-
-
-def _random(task: str, *, steps: int, seed: int, noise: None, progress: bool, ref_episodes: int | None = None) -> Made:
-    return mujoco_random.make_mujoco_random(task, steps=steps, seed=seed, progress=progress, ref_episodes=ref_episodes)
-
-
-def _medium_replay(task: str, *, steps: int, seed: int, noise: None, progress: bool, cache: bool = True,
-                   ref_episodes: int | None = None, target_fraction: float | None = None,
-                   stop_window: int | None = None, net_arch: list[int] | None = None,
-                   learning_starts: int | None = None, batch_size: int | None = None,
-                   learning_rate: float | None = None) -> Made:
-    return sac.make_medium_replay(task, steps=steps, seed=seed, progress=progress, cache=cache,
-                                  ref_episodes=ref_episodes, target_fraction=target_fraction,
-                                  stop_window=stop_window, net_arch=net_arch, learning_starts=learning_starts,
-                                  batch_size=batch_size, learning_rate=learning_rate)
-
-
-def _medium(task: str, *, steps: int, seed: int, noise: None, progress: bool,
-            train_steps: int = sac.DEFAULT_TRAIN_STEPS, cache: bool = True, ref_episodes: int | None = None,
-            target_fraction: float | None = None, stop_window: int | None = None, net_arch: list[int] | None = None,
-            learning_starts: int | None = None, batch_size: int | None = None,
-            learning_rate: float | None = None) -> Made:
-    return sac.make_medium(task, steps=steps, seed=seed, progress=progress, train_steps=train_steps, cache=cache,
-                           ref_episodes=ref_episodes, target_fraction=target_fraction, stop_window=stop_window,
-                           net_arch=net_arch, learning_starts=learning_starts, batch_size=batch_size,
-                           learning_rate=learning_rate)
-
-
 def _registry() -> dict[str, Maker]:
     makers: list[Maker] = []
     for maze in pointmaze.MAZES:
@@ -119,23 +87,24 @@ def _registry() -> dict[str, Maker]:
             makers.append(Maker(
                 name=f"pointmaze-{maze}-{reward}",
                 summary=f"{env_id}: noisy BFS-waypoint+PD expert, continuous run cut into truncated episodes",
-                default_steps=pointmaze.DEFAULT_STEPS[maze], build=partial(_pointmaze, maze, reward),
+                default_steps=pointmaze.DEFAULT_STEPS[maze], build=partial(pointmaze.make_pointmaze, maze, reward),
                 default_noise=pointmaze.DEFAULT_NOISE,
             ))
     for task, env_id in mujoco_random.TASKS.items():
         makers.append(Maker(name=f"{task}-random", summary=f"{env_id}: uniform-random policy",
-                            default_steps=mujoco_random.DEFAULT_STEPS, build=partial(_random, task)))
+                            default_steps=mujoco_random.DEFAULT_STEPS,
+                            build=partial(mujoco_random.make_mujoco_random, task)))
     for task, env_id in mujoco_random.TASKS.items():
         makers.append(Maker(
             name=f"{task}-medium-replay",
             summary=f"{env_id}: all transitions of a SAC run stopped at medium (slow: ~15 min/100k steps)",
-            default_steps=sac.DEFAULT_TRAIN_STEPS, build=partial(_medium_replay, task), extra="makers",
+            default_steps=sac.DEFAULT_TRAIN_STEPS, build=partial(sac.make_medium_replay, task), extra="makers",
             steps_meaning="SAC step budget (the dataset is every step it ran)",
         ))
         makers.append(Maker(
             name=f"{task}-medium",
             summary=f"{env_id}: rollouts of a medium SAC policy (slow: trains SAC first, ~15 min/100k steps)",
-            default_steps=sac.DEFAULT_MEDIUM_STEPS, build=partial(_medium, task), extra="makers",
+            default_steps=sac.DEFAULT_MEDIUM_STEPS, build=partial(sac.make_medium, task), extra="makers",
         ))
     return {m.name: m for m in makers}
 

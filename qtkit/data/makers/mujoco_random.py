@@ -3,8 +3,8 @@
 
 Reference scores: ``ref_min_score`` is measured here (mean return of a uniform-random policy on the -v5
 env; D4RL's -v2 value is kept in the metadata for comparison), ``ref_max_score`` is D4RL's published
-expert return (the -v5 tasks have the same rewards as -v2 up to small changes, so D4RL-normalised scores
-stay comparable; documented in each dataset's description).
+expert return (the -v5 tasks keep the -v2 reward terms, with small model fixes, so D4RL-normalised scores stay
+roughly comparable; the sources are recorded in each dataset's description and metadata).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def reference_scores(task: str, *, seed: int, episodes: int | None = None) -> tu
 
 
 def make_mujoco_random(
-    task: str, *, steps: int, seed: int, progress: bool, ref_episodes: int | None = None
+    task: str, *, steps: int, seed: int, progress: bool, noise: None = None, ref_episodes: int | None = None
 ) -> Made:
     """``steps`` steps of uniform-random actions in ``TASKS[task]``; episodes end as the env ends them
     (termination, or truncation at 1000 steps); the last one is cut with a truncation at ``steps``."""

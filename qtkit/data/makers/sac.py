@@ -37,6 +37,7 @@ from qtkit.data.makers.common import (
     episode_buffer,
     preserved_global_rng,
     progress_bar,
+    torch_threads,
 )
 from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, reference_scores
 from qtkit.errors import ConfigError, QtkitError
@@ -50,6 +51,7 @@ SAC_DEFAULTS: dict[str, Any] = {
     "learning_starts": 10_000,
     "batch_size": 256,
     "learning_rate": 3e-4,
+    "threads": 1,
 }
 
 
@@ -77,7 +79,7 @@ def _options(train_steps: int, **kwargs: Any) -> dict[str, Any]:
     if not 0 < float(opts["target_fraction"]) <= 1.5:
         raise ConfigError(f"target_fraction={opts['target_fraction']}: use a fraction of the expert in (0, 1.5], "
                           f"e.g. 1/3 (D4RL's medium level).")
-    for key in ("stop_window", "batch_size"):
+    for key in ("stop_window", "batch_size", "threads"):
         if int(opts[key]) < 1:
             raise ConfigError(f"{key}={opts[key]}: it must be >= 1.")
     return opts
@@ -185,7 +187,8 @@ def train_sac(task: str, *, seed: int, progress: bool, cache: bool = True, **opt
 
     env = Recording(gym.make(TASKS[task]))
     try:
-        with preserved_global_rng(), progress_bar(opts["train_steps"], progress, f"SAC {TASKS[task]}") as bar:
+        with preserved_global_rng(), torch_threads(opts["threads"]), \
+                progress_bar(opts["train_steps"], progress, f"SAC {TASKS[task]}") as bar:
             model = SAC(
                 "MlpPolicy", env, seed=int(seed), device="cpu", verbose=0,
                 policy_kwargs={"net_arch": list(opts["net_arch"])},
@@ -211,7 +214,7 @@ def train_sac(task: str, *, seed: int, progress: bool, cache: bool = True, **opt
     return run
 
 
-def rollout_policy(model: Any, task: str, *, steps: int, seed: int, progress: bool) -> list[Any]:
+def rollout_policy(model: Any, task: str, *, steps: int, seed: int, progress: bool, threads: int = 1) -> list[Any]:
     """``steps`` steps of the SAC policy, stochastic (tanh-squashed Gaussian sampled with a seeded Generator)."""
     import gymnasium as gym
     import torch
@@ -223,7 +226,7 @@ def rollout_policy(model: Any, task: str, *, steps: int, seed: int, progress: bo
     try:
         obs, _ = env.reset(seed=derive_seed(seed, 5))
         recorder.reset(obs)
-        with torch.no_grad(), progress_bar(steps, progress, f"{task}-medium rollouts") as bar:
+        with torch.no_grad(), torch_threads(threads), progress_bar(steps, progress, f"{task}-medium rollouts") as bar:
             for t in range(steps):
                 obs_t, _ = policy.obs_to_tensor(obs)
                 mean, log_std, _ = policy.actor.get_action_dist_params(obs_t)
@@ -251,35 +254,40 @@ def _describe(task: str, what: str, run: _Run, ref_min: float, provenance: dict[
         f"{info['sac_steps']} env steps, budget {info['options']['train_steps']}) that {stop} the medium level "
         f"(mean of the last {info['options']['stop_window']} training returns >= {info['target_return']:.1f}, i.e. "
         f"{info['options']['target_fraction']:.3g} of the way from D4RL's random to expert return). "
-        f"ref_min_score: {provenance['ref_min_source']} = {ref_min:.2f} (D4RL -v2: {provenance['d4rl_ref_min_score']}); "
+        f"ref_min_score: {provenance['ref_min_source']} = {ref_min:.2f} "
+        f"(D4RL -v2: {provenance['d4rl_ref_min_score']}); "
         f"ref_max_score: {provenance['ref_max_source']}. Made by qtkit.data.make_dataset(seed={seed})."
     )
 
 
 def make_medium_replay(
-    task: str, *, steps: int, seed: int, progress: bool, cache: bool = True, ref_episodes: int | None = None,
-    target_fraction: float | None = None, stop_window: int | None = None, net_arch: list[int] | None = None,
-    learning_starts: int | None = None, batch_size: int | None = None, learning_rate: float | None = None,
+    task: str, *, steps: int, seed: int, progress: bool, noise: None = None, cache: bool = True,
+    ref_episodes: int | None = None, target_fraction: float | None = None, stop_window: int | None = None,
+    net_arch: list[int] | None = None, learning_starts: int | None = None, batch_size: int | None = None,
+    learning_rate: float | None = None, threads: int | None = None,
 ) -> Made:
     """Every transition of a SAC run with a budget of ``steps`` env steps, stopped at the medium level."""
     run = train_sac(task, seed=seed, progress=progress, cache=cache, train_steps=steps,
                     target_fraction=target_fraction, stop_window=stop_window, net_arch=net_arch,
-                    learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate)
+                    learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate,
+                    threads=threads)
     return _made(task, "medium-replay (every transition of the SAC run, terminations/truncations from the env)",
                  run, run.episodes, seed=seed, ref_episodes=ref_episodes)
 
 
 def make_medium(
-    task: str, *, steps: int, seed: int, progress: bool, train_steps: int = DEFAULT_TRAIN_STEPS, cache: bool = True,
-    ref_episodes: int | None = None, target_fraction: float | None = None, stop_window: int | None = None,
-    net_arch: list[int] | None = None, learning_starts: int | None = None, batch_size: int | None = None,
-    learning_rate: float | None = None,
+    task: str, *, steps: int, seed: int, progress: bool, noise: None = None, train_steps: int = DEFAULT_TRAIN_STEPS,
+    cache: bool = True, ref_episodes: int | None = None, target_fraction: float | None = None,
+    stop_window: int | None = None, net_arch: list[int] | None = None, learning_starts: int | None = None,
+    batch_size: int | None = None, learning_rate: float | None = None, threads: int | None = None,
 ) -> Made:
     """``steps`` steps of the final stochastic policy of a SAC run (budget ``train_steps``) stopped at medium."""
     run = train_sac(task, seed=seed, progress=progress, cache=cache, train_steps=train_steps,
                     target_fraction=target_fraction, stop_window=stop_window, net_arch=net_arch,
-                    learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate)
-    episodes = rollout_policy(run.model, task, steps=steps, seed=seed, progress=progress)
+                    learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate,
+                    threads=threads)
+    episodes = rollout_policy(run.model, task, steps=steps, seed=seed, progress=progress,
+                              threads=run.info["options"]["threads"])
     return _made(task, f"medium ({steps} steps of the final stochastic SAC policy)", run, episodes,
                  seed=seed, ref_episodes=ref_episodes)
 
