@@ -22,7 +22,7 @@ def flatten_batch(space: Any, observations: Any) -> np.ndarray:
     import gymnasium as gym
 
     if isinstance(space, gym.spaces.Dict):
-        return np.concatenate([flatten_batch(space[k], observations[k]) for k in space.keys()], axis=1)
+        return np.concatenate([flatten_batch(space[k], observations[k]) for k in space], axis=1)
     array = np.asarray(observations, dtype=np.float32)
     return array.reshape(array.shape[0], -1)
 

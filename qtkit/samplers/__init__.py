@@ -3,4 +3,4 @@
 from qtkit.samplers.base import RolloutContext, Sampler
 from qtkit.samplers.candidates import GaussianSampler, RTGGridSampler, SingleRTGSampler
 
-__all__ = ["GaussianSampler", "RTGGridSampler", "RolloutContext", "SingleRTGSampler", "Sampler"]
+__all__ = ["GaussianSampler", "RTGGridSampler", "RolloutContext", "Sampler", "SingleRTGSampler"]
