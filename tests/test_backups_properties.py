@@ -87,7 +87,7 @@ def _array(rng: np.random.Generator, style: str, shape: tuple[int, ...], low: fl
         values = np.clip(np.round(values), low, high)
     elif style == "constant":
         values = np.full(shape, values.flat[0] if values.size else low)
-    return torch.from_numpy(values)
+    return torch.from_numpy(np.asarray(values, dtype=np.float64).reshape(shape))
 
 
 @st.composite

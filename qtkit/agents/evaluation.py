@@ -13,20 +13,6 @@ from qtkit.errors import ConfigError, ShapeMismatchError
 from qtkit.samplers.base import RolloutContext
 
 
-def flatten_batch(space: Any, observations: Any) -> np.ndarray:
-    """Flatten a vector env's observations ``[E, ...]`` (Box or Dict) into ``[E, obs]``.
-
-    Dict observations are concatenated in the Dict space's key order, which is the order of
-    ``gymnasium.spaces.flatten`` and of qtkit's datasets (gymnasium sorts the keys).
-    """
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Dict):
-        return np.concatenate([flatten_batch(space[k], observations[k]) for k in space], axis=1)
-    array = np.asarray(observations, dtype=np.float32)
-    return array.reshape(array.shape[0], -1)
-
-
 class Rollout:
     """The acting state of ``num_envs`` parallel episodes: a left-padded K-step history per env and
     one return-to-go history per candidate row of the agent's sampler.
@@ -142,6 +128,8 @@ def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 
     """
     import gymnasium as gym
 
+    from qtkit.data import flatten_observation
+
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}.")
     factory, single = _env_factory(env, agent)
@@ -171,7 +159,7 @@ def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 
     bar = tqdm(total=episodes, disable=not progress, desc="evaluate", unit="ep")
     try:
         while sum(counts) < episodes:
-            actions = rollout.act(flatten_batch(space, observations))
+            actions = rollout.act(flatten_observation(space, observations))
             observations, rewards, terminated, truncated, _ = envs.step(actions.astype(act_space.dtype))
             done = np.logical_or(terminated, truncated)
             running += rewards

@@ -12,6 +12,7 @@ token, False = padding, on either side of each row; ``None`` = all valid) to hid
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qtkit.errors import ConfigError, ShapeMismatchError
@@ -78,3 +79,39 @@ def attention_mask(mask: Tensor, causal: bool) -> Tensor:
     if causal:
         allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
     return allowed | eye
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout``, several times faster on CPU (same distribution up to a 1/65536 rounding of ``p``).
+
+    PyTorch's CPU dropout draws one Mersenne-Twister number per element (``bernoulli_``), which
+    costs more than the block's matmuls' memory traffic; here one 64-bit draw gives four 16-bit
+    uniforms. The kept values are scaled by ``1 / (1 - p)`` of the rounded ``p``, so the
+    expectation is exact. On other devices this is ``F.dropout``.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    drop = round(p * 65536)
+    if drop == 0:
+        return x
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    uniform = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+    keep = uniform >= drop - 32768  # P(keep) = 1 - drop / 65536
+    return x * keep.to(x.dtype).mul_(65536 / (65536 - drop))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` using the fast CPU :func:`dropout`."""
+
+    def __init__(self, p: float = 0.1) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qtkit.backbones.base import Backbone, attention_mask, check_heads, zero_padding
+from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads, dropout, zero_padding
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
@@ -36,21 +36,34 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.attn_dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        """``x [B, N, W]``, ``attn_mask [B, 1, N, N]`` bool or None -> ``[B, N, W]``."""
+        """``x [B, N, W]``, ``attn_mask [B, 1, N, N]`` bool (True = may attend) or None -> ``[B, N, W]``."""
         b, n, w = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, w // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D]
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        p = self.attn_dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, attn_mask, is_causal, p)
+        else:  # fused kernels (flash / memory-efficient on CUDA, flash on CPU)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(b, n, w)
         return self.resid_dropout(self.proj(y))
+
+
+def attention_with_dropout(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool, p: float
+) -> Tensor:
+    """Softmax attention with dropout on the weights (what SDPA's CPU fallback does, with the fast
+    CPU :func:`dropout`): ``q, k, v [B, H, N, D]`` -> ``[B, H, N, D]``."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))  # [B, H, N, N]
+    if attn_mask is None and is_causal:
+        n = q.shape[-2]
+        attn_mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:  # every row allows at least its own key: no all -inf row
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return torch.matmul(dropout(scores.softmax(-1), p, True), v)
 
 
 class Block(nn.Module):
@@ -66,7 +79,7 @@ class Block(nn.Module):
             nn.Linear(width, mlp_dim),
             act() if isinstance(act, type) else act,
             nn.Linear(mlp_dim, width),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
@@ -111,7 +124,7 @@ class GPT2Backbone(Backbone):
         self.width, self.depth, self.heads, self.causal = width, depth, heads, causal
         self.max_len = max_len
         self.pos_emb = nn.Parameter(torch.zeros(max_len, width)) if max_len else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(width, heads, hidden, dropout, activation) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.reset_parameters()

@@ -62,6 +62,8 @@ def make_cmd(
                                        "(PointMaze makers; default 0.5)"),
     dataset_id: str | None = typer.Option(None, "--id", help="Minari id to write (default qtkit/<maker>-v0)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset with this id"),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="keep an existing dataset with this id: print its id "
+                                  "and make nothing"),
     opt: list[str] = typer.Option([], "--opt", help="maker option KEY=VALUE, repeatable, e.g. --opt "
                                   "episode_length=500, --opt train_steps=50000, --opt net_arch=[64,64]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar with steps/s"),
@@ -76,7 +78,7 @@ def make_cmd(
         if maker.extra:
             typer.secho(f"{name}: trains SAC online first (~15 min per 100k SAC steps on 2 cores).", err=True)
         made_id = make_dataset(name, steps=steps, seed=seed, noise=noise, dataset_id=dataset_id,
-                               overwrite=overwrite, progress=progress, **options)
+                               overwrite=overwrite, exist_ok=exist_ok, progress=progress, **options)
     except QtkitError as exc:
         _fail(exc)
     except KeyboardInterrupt:

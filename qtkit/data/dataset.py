@@ -133,7 +133,7 @@ def _discounted_returns(
     lengths: np.ndarray,
     offsets: np.ndarray,
     gamma: float,
-    max_elements: int = 1 << 22,
+    max_elements: int = 1 << 20,
 ) -> np.ndarray:
     """Per-step discounted returns ``[N]`` (float64) with ``qtkit.backups.functional.discounted_returns``.
 
@@ -186,6 +186,7 @@ class TrajectoryDataset:
     truncations    [N] bool      only on the last step of an episode
     episode_lengths [E] int      T_i >= 1, sum N
 
+    ``episode_ids [E]`` (optional) are the episodes' ids in their source (default 0 .. E-1).
     ``observation_space`` defaults to an unbounded Box; ``action_space`` to the smallest Box that
     contains [-1, 1] and every action (D4RL actions are in [-1, 1]). ``gamma`` (default 0.99) is
     the discount of the precomputed ``returns``. ``metadata`` keys used by qtkit: ``source``,

@@ -118,6 +118,8 @@ def _missing_path_message(text: str, path: Path) -> str:
             local = []
         if text in local:
             msg += f" {text!r} is a local Minari dataset: use load_dataset('minari:{text}')."
+        else:
+            msg += f" If {text!r} is a Minari dataset id, write 'minari:{text}'."
     return msg
 
 

@@ -40,6 +40,7 @@ from qtkit.data.makers.writer import (
     NAMESPACE,
     DatasetExistsError,
     check_writable,
+    dataset_exists,
     default_dataset_id,
     normalize_dataset_id,
     write_minari_dataset,
@@ -156,6 +157,7 @@ def make_dataset(
     noise: float | None = None,
     dataset_id: str | None = None,
     overwrite: bool = False,
+    exist_ok: bool = False,
     progress: bool = True,
     **kwargs: Any,
 ) -> str:
@@ -164,8 +166,9 @@ def make_dataset(
     ``steps``: dataset size in env steps (default: the maker's; for ``*-medium-replay`` the SAC step
     budget). ``seed``: seeds env resets and a NumPy Generator; same arguments, same arrays. ``noise``: std
     of the Gaussian action noise (PointMaze makers only; default 0.5). ``dataset_id``: Minari id to write
-    (default ``qtkit/<name>-v0``). ``overwrite``: replace an existing dataset (otherwise an error). A
-    failed or interrupted make leaves nothing under the id. ``progress``: tqdm bar with steps/s.
+    (default ``qtkit/<name>-v0``). ``overwrite``: replace an existing dataset (otherwise an error);
+    ``exist_ok``: return the id of an existing dataset without remaking it (it is not checked against the
+    arguments). A failed or interrupted make leaves nothing under the id. ``progress``: tqdm bar with steps/s.
     ``kwargs``: maker options (:meth:`Maker.options`), e.g. ``episode_length``, ``ref_episodes``,
     ``train_steps``, ``net_arch``, ``learning_starts``, ``cache``.
     """
@@ -192,6 +195,11 @@ def make_dataset(
     if maker.extra == "makers":
         sac.require_sb3()
     dataset_id = default_dataset_id(name) if dataset_id is None else normalize_dataset_id(dataset_id)
+    if overwrite and exist_ok:
+        raise ConfigError("make_dataset: overwrite=True remakes an existing dataset and exist_ok=True keeps it; "
+                          "pass only one of them (CLI: --overwrite or --exist-ok).")
+    if exist_ok and dataset_exists(dataset_id):
+        return dataset_id
     check_writable(dataset_id, overwrite)  # fail before spending minutes collecting
 
     made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)

@@ -136,7 +136,7 @@ def make_pointmaze(
     _import_robotics()
     env_id = pointmaze_env_id(maze, reward)
     eval_spec = gym.spec(env_id)
-    length = int(episode_length or eval_spec.max_episode_steps)
+    length = int(eval_spec.max_episode_steps if episode_length is None else episode_length)
     if length < 1:
         raise ConfigError(f"episode_length={episode_length} for {env_id}: it must be >= 1 (default: "
                           f"{eval_spec.max_episode_steps}, the env's max_episode_steps).")

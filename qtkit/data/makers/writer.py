@@ -69,6 +69,11 @@ def dataset_dir(dataset_id: str) -> Path:
     return datasets_root() / dataset_id
 
 
+def dataset_exists(dataset_id: str) -> bool:
+    """Whether a local Minari dataset folder ``dataset_id`` exists (a finished one: makes are atomic)."""
+    return (dataset_dir(dataset_id) / "data").is_dir()
+
+
 def check_writable(dataset_id: str, overwrite: bool) -> None:
     """Raise :class:`DatasetExistsError` if ``dataset_id`` exists locally and ``overwrite`` is False."""
     path = dataset_dir(dataset_id)
