@@ -9,20 +9,27 @@ left-pads a quarter of the rows (as the reference data loader pads short windows
 masked-attention path; ``--mask none`` measures the unmasked fast path. GFLOP/s counts the matmul
 work only (``6 * tokens * (12 W² depth + 2 N W depth)``: 3x the forward's) and is compared with the
 ~190 GFLOP/s that a 2048² fp32 matmul reaches on the 2-core reference machine (ANCHORS.md).
+
+``--malloc tuned`` (the default) stops glibc from returning big freed blocks to the kernel
+(``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``): without it every activation
+over 32 MiB is a fresh ``mmap`` whose pages are faulted in and zeroed again at every step.
+A cell whose warm-up step takes over ``--slow`` seconds is reported from that one step (marked ~):
+bf16 matmuls are ~10x slower than fp32 on CPUs without native bf16 (AVX2-only).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-from qtkit.config import resolve_slot
 from qtkit.build import instantiate
+from qtkit.config import resolve_slot
 
 FP32_PEAK_GFLOPS = 190.0
 
@@ -65,8 +72,20 @@ def make_mask(size: Size, kind: str) -> torch.Tensor | None:
     return mask
 
 
-def time_steps(model: torch.nn.Module, size: Size, mask: torch.Tensor | None, bf16: bool, repeats: int) -> float:
-    """Median seconds per forward+backward step (after one warm-up step)."""
+def tune_malloc() -> bool:
+    """Keep freed memory in glibc's heap (no per-step mmap/munmap + page zeroing); False if not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def time_steps(
+    model: torch.nn.Module, size: Size, mask: torch.Tensor | None, bf16: bool, repeats: int, slow: float
+) -> tuple[float, bool]:
+    """Median seconds per forward+backward step after one warm-up step; (seconds, from warm-up only)."""
     x = torch.randn(size.batch, size.tokens, size.width)
     times = []
     for i in range(repeats + 1):
@@ -76,9 +95,12 @@ def time_steps(model: torch.nn.Module, size: Size, mask: torch.Tensor | None, bf
             out = model(x, mask)
         out.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        if i == 0 and elapsed > slow:
+            return elapsed, True
         if i:  # skip the warm-up step
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            times.append(elapsed)
+    return statistics.median(times), False
 
 
 def main() -> None:
@@ -94,8 +116,11 @@ def main() -> None:
     parser.add_argument("--backbones", default="gpt2,xformer", help="comma-separated registered names")
     parser.add_argument("--mask", choices=["left", "none"], default="left")
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned", help="see the docstring")
+    parser.add_argument("--slow", type=float, default=30.0, help="seconds: report a slower cell from 1 step")
     args = parser.parse_args()
 
+    tuned = args.malloc == "tuned" and tune_malloc()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sizes = SIZES
@@ -105,7 +130,8 @@ def main() -> None:
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
 
     print(f"threads={args.threads} torch={torch.__version__} cpu={torch.backends.cpu.get_cpu_capability()} "
-          f"mask={args.mask} dropout={args.dropout} repeats={args.repeats}")
+          f"mask={args.mask} dropout={args.dropout} repeats={args.repeats} malloc={'tuned' if tuned else 'default'} "
+          f"native-bf16={torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     print("| size | B x N, width/depth/heads | backbone | precision | steps/s | ms/step | GFLOP/s | of 190 |")
     print("|---|---|---|---|---|---|---|---|")
     for size in sizes:
@@ -113,11 +139,12 @@ def main() -> None:
         for bf16 in precisions:
             for name in names:
                 model = build(name, size, args.dropout).train()
-                sec = time_steps(model, size, mask, bf16, args.repeats)
+                sec, rough = time_steps(model, size, mask, bf16, args.repeats, args.slow)
                 gflops = size.gflop() / sec
+                mark = "~" if rough else ""
                 print(
                     f"| {size.name} | {size.batch}x{size.tokens}, {size.width}/{size.depth}/{size.heads} | {name} | "
-                    f"{'bf16' if bf16 else 'fp32'} | {1 / sec:.2f} | {1000 * sec:.0f} | {gflops:.0f} | "
+                    f"{'bf16' if bf16 else 'fp32'} | {mark}{1 / sec:.2f} | {1000 * sec:.0f} | {gflops:.0f} | "
                     f"{gflops / FP32_PEAK_GFLOPS:.0%} |",
                     flush=True,
                 )

@@ -100,7 +100,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     uniform = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
     keep = uniform >= drop - 32768  # P(keep) = 1 - drop / 65536
-    return x * keep.to(x.dtype).mul_(65536 / (65536 - drop))
+    return torch.where(keep, x, 0.0).mul_(65536 / (65536 - drop))
 
 
 class Dropout(nn.Module):

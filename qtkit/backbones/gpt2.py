@@ -11,6 +11,7 @@ mask with one), no Python loop over tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,11 @@ from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads,
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
-ACTIVATIONS: dict[str, type[nn.Module] | nn.Module] = {
-    "relu": nn.ReLU,
+#: MLP activations: ``relu`` (in place: the preceding Linear does not keep its output for backward).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
     "gelu": nn.GELU,
-    "gelu_tanh": nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
 }
 
 
@@ -71,13 +73,12 @@ class Block(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float, activation: str) -> None:
         super().__init__()
-        act = ACTIVATIONS[activation]
         self.ln_1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads, dropout)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, mlp_dim),
-            act() if isinstance(act, type) else act,
+            ACTIVATIONS[activation](),
             nn.Linear(mlp_dim, width),
             Dropout(dropout),
         )

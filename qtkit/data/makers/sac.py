@@ -11,10 +11,14 @@ budget runs out.
 - ``-medium``: ``steps`` steps of rollouts of the final *stochastic* policy (tanh-squashed Gaussian,
   sampled with the maker's seeded NumPy generator); ``train_steps`` is the SAC step budget.
 
-Cost: about 15 minutes per 100k SAC steps on 2 CPU cores (~100 gradient steps/s); the medium level is
-typically reached after 50k-200k steps. The finished run (policy + replay stream) is cached under
-``$MINARI_DATASETS_PATH/.qtkit-cache/sac/`` so making ``-medium`` after ``-medium-replay`` (same task,
-seed and options) trains only once; ``cache=False`` retrains.
+Cost: about 15 minutes per 100k SAC steps on 2 idle CPU cores (~100 gradient steps/s), several times
+more when the cores are shared (measured here: ~30 gradient steps/s at load 3 on 2 cores); the medium
+level is typically reached after 50k-200k steps. Torch runs with ``threads=1`` by default: SAC's small
+networks gain little from a second thread and a 2-thread run on shared cores was 20x slower.
+
+The finished run (policy + replay stream) is cached under ``$MINARI_DATASETS_PATH/.qtkit-cache/sac/``, so
+making ``-medium`` after ``-medium-replay`` (same task, seed and options) trains only once;
+``cache=False`` retrains.
 """
 
 from __future__ import annotations
