@@ -225,3 +225,24 @@ def test_importing_qtkit_does_not_import_x_transformers() -> None:
 
     code = "import sys, qtkit; qtkit.list_components('backbone'); assert 'x_transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+OPTIONS = [
+    ("gpt2", {"max_len": N}),
+    ("gpt2", {"activation": "gelu"}),
+    ("xformer", {"rotary": True}),
+    ("xformer", {"alibi": True}),
+    ("xformer", {"flash": False}),
+]
+
+
+@pytest.mark.parametrize(("backbone", "options"), OPTIONS, ids=[f"{n}-{next(iter(o))}" for n, o in OPTIONS])
+@pytest.mark.parametrize("causal", [True, False])
+def test_options_keep_padding_invariance(backbone: str, options: dict[str, object], causal: bool) -> None:
+    model = sensitive(small(backbone, causal=causal, **options))
+    x, mask = tokens(), padding_mask()
+    dirty = x.clone()
+    dirty[~mask] = float("nan")
+    base, out = model(x, mask), model(dirty, mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[mask], base[mask], rtol=0, atol=1e-5)

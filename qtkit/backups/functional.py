@@ -93,8 +93,7 @@ def _compose(
     """
     s1, c1, m = first
     s2, c2, k = second
-    zero = torch.zeros((), dtype=s1.dtype, device=s1.device)
-    s = torch.add(s1, torch.where(c1, _shift(s2, m), zero), alpha=gamma**m)
+    s = torch.add(s1, torch.where(c1, _shift(s2, m), s2.new_zeros(())), alpha=gamma**m)
     c = c1 & _shift(c2, m) if need_go_on else c1
     return s, c, m + k
 
