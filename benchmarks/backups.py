@@ -32,6 +32,17 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def make_batch(B: int, T: int, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Batch, torch.Tensor]:
     """Random windows: 10% start an episode (left padding), 10% end one (right padding + terminal)."""
     gen = torch.Generator().manual_seed(seed)
@@ -52,8 +63,21 @@ def make_batch(B: int, T: int, device: str, dtype: torch.dtype, seed: int = 0) -
     return batch.to(device), next_values.to(device)
 
 
-def time_per_call(fn: Callable[[], Any], device: str, repeats: int, calls: int) -> float:
-    """Median seconds per call over ``repeats`` rounds of ``calls`` calls (after a warm-up)."""
+def _cases(batch: Batch, next_values: torch.Tensor, gamma: float) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, zero-argument call) for every timed case."""
+    rows: list[tuple[str, Callable[[], Any]]] = []
+    for label, name, params in CASES:
+        backup = qtkit.get_component("backup", name).target(gamma=gamma, **params)
+        rows.append((label, lambda b=backup: b(batch, next_values)))
+    rows.append(("functional n_step_targets (n=5)", lambda: n_step_targets(
+        batch.rewards, next_values, batch.terminals, batch.mask, gamma, 5)))
+    rows.append(("functional discounted_returns", lambda: discounted_returns(
+        batch.rewards, batch.terminals, batch.mask, gamma)))
+    return rows
+
+
+def time_per_call(fn: Callable[[], Any], device: str, repeats: int, calls: int) -> tuple[float, float]:
+    """(median, best) seconds per call over ``repeats`` rounds of ``calls`` calls, after a warm-up."""
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -69,7 +93,7 @@ def time_per_call(fn: Callable[[], Any], device: str, repeats: int, calls: int) 
             fn()
         sync()
         rounds.append((time.perf_counter() - start) / calls)
-    return statistics.median(rounds)
+    return statistics.median(rounds), min(rounds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,27 +117,20 @@ def main(argv: list[str] | None = None) -> None:
     B, T = args.batch, args.context
 
     print(f"# backups: B={B}, T={T}, {args.dtype}, gamma={args.gamma}, threads={args.threads}, "
-          f"repeats={args.repeats} x {args.calls} calls, torch {torch.__version__}, {platform.processor() or '?'}")
+          f"repeats={args.repeats} x {args.calls} calls, torch {torch.__version__}, {cpu_name()}")
     for device in devices:
         if device == "cuda":
             print(f"# cuda: {torch.cuda.get_device_name()}")
     print()
-    print("| backup | device | us / call | targets / s |")
-    print("|---|---|---:|---:|")
+    print("| backup | device | us / call (median) | us / call (best) | targets / s (median) |")
+    print("|---|---|---:|---:|---:|")
     for device in devices:
         batch, next_values = make_batch(B, T, device, dtype)
-        rows: list[tuple[str, Callable[[], Any]]] = []
-        for label, name, params in CASES:
-            backup = qtkit.get_component("backup", name).target(gamma=args.gamma, **params)
-            rows.append((label, lambda b=backup: b(batch, next_values)))
-        rows.append(("functional n_step_targets (n=5)", lambda: n_step_targets(
-            batch.rewards, next_values, batch.terminals, batch.mask, args.gamma, 5)))
-        rows.append(("functional discounted_returns", lambda: discounted_returns(
-            batch.rewards, batch.terminals, batch.mask, args.gamma)))
         with torch.no_grad():
-            for label, fn in rows:
-                seconds = time_per_call(fn, device, args.repeats, args.calls)
-                print(f"| {label} | {device} | {seconds * 1e6:,.0f} | {B * T / seconds:,.0f} |", flush=True)
+            for label, fn in _cases(batch, next_values, args.gamma):
+                median, best = time_per_call(fn, device, args.repeats, args.calls)
+                print(f"| {label} | {device} | {median * 1e6:,.0f} | {best * 1e6:,.0f} | "
+                      f"{B * T / median / 1e6:,.1f} M |", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ dropout on the input embeddings, the attention weights and both residual branche
 positional embedding by default (the policy adds timestep embeddings), as in the reference's
 ``trajectory_gpt2.GPT2Model``. Written for speed on CPU: one fused qkv projection, PyTorch's
 ``scaled_dot_product_attention`` (``is_causal=True`` without a padding mask, an explicit boolean
-mask with one), no Python loop over tokens. Training-mode dropout on CPU uses the fast
-:func:`qtkit.backbones.base.dropout` (PyTorch's CPU dropout costs more than a third of the
-block's matmul time), so attention with dropout is computed explicitly there; CUDA keeps the
-fused SDPA kernels and ``F.dropout``.
+mask with one), no Python loop over tokens. Training-mode dropout on CPU uses the faster
+:func:`qtkit.backbones.base.dropout`, so attention with dropout is computed explicitly there
+(as SDPA's own CPU fallback does); CUDA keeps the fused SDPA kernels and ``F.dropout``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ Validity rule (all bootstrapping backups)::
     valid   = mask & (next_valid | terminals)
     targets = n_step_targets(rewards, next_values, terminals, valid, gamma, n)
 
-Only trailing positions of a row's valid run lack a next value, so ``valid`` is still a
-contiguous run. Consequences:
+With the default ``next_valid`` (or ``batch.mask``) only trailing positions of a row's valid run
+lack a next value, so ``valid`` is still a contiguous run; with any other ``next_valid`` the
+sums simply never cross an invalid position. Consequences:
 
 - a step whose bootstrap state lies outside the window has no target (``valid`` False, target
   0), never a silent bootstrap from 0;

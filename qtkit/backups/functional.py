@@ -3,7 +3,8 @@
 Every tensor is a ``[B, T]`` window: B rows, each T consecutive steps of one episode.
 ``mask[b, t]`` is True at valid positions; valid positions are contiguous (padding may sit on
 either side). Values at invalid positions (NaN and inf included) never reach a valid output,
-and invalid outputs are 0.
+and invalid outputs are 0. (Beyond that contract, a row with gaps is treated as independent
+runs: no sum crosses an invalid position.)
 
 How it is computed: a target is a chain of one-step maps ``x -> r_t + gamma * x`` that stops at
 a terminal, at the end of the valid run, or after n steps. :func:`_compose` joins an m-step chain
