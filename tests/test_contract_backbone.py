@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import qtkit
-from qtkit.backbones.base import attention_mask
+from qtkit.backbones.base import attention_mask, dropout
 from qtkit.errors import ConfigError, ShapeMismatchError
 from tests.conftest import build_component
 
@@ -246,3 +246,19 @@ def test_options_keep_padding_invariance(backbone: str, options: dict[str, objec
     base, out = model(x, mask), model(dirty, mask)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[mask], base[mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_cpu_dropout_matches_f_dropout_statistics(p: float) -> None:
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02  # expectation preserved
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # gradient = the scaled mask
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert not torch.equal(dropout(x, p, True), dropout(x, p, True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dropout(torch.ones(8, 8, dtype=torch.bfloat16), p, True).dtype == torch.bfloat16

@@ -23,9 +23,9 @@ from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads,
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
-#: MLP activations: ``relu`` (in place: the preceding Linear does not keep its output for backward).
+#: MLP activations.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
+    "relu": nn.ReLU,
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
 }
