@@ -41,10 +41,10 @@ __all__ = [
     "UnknownParameterError",
     "__version__",
     "build",
-    "load",
     "get_component",
     "list_components",
     "list_presets",
+    "load",
     "register",
     "register_kind",
 ]

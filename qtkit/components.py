@@ -4,9 +4,9 @@ Heavy optional libraries (x-transformers, gymnasium, minari, timm...) are import
 components that use them, never at module import time.
 """
 
-import qtkit.agents  # noqa: F401
-import qtkit.backbones  # noqa: F401
-import qtkit.backups  # noqa: F401
-import qtkit.critics  # noqa: F401
-import qtkit.policies  # noqa: F401
+import qtkit.agents
+import qtkit.backbones
+import qtkit.backups
+import qtkit.critics
+import qtkit.policies
 import qtkit.samplers  # noqa: F401

@@ -139,20 +139,8 @@ class MCBackup(Backup):
 
 
 @register("backup", "nstep-mc-max")
-class NStepMCMaxBackup(_Bootstrapped):
+class NStepMCMaxBackup(NStepBackup):
     """Q-Transformer target: max of the n-step target and the Monte-Carlo return G_t."""
-
-    def __init__(self, gamma: float, n: int = 5) -> None:
-        super().__init__(gamma)
-        self.horizon = _check_horizon(n, self.name)
-
-    @property
-    def n(self) -> int:
-        assert self.horizon is not None
-        return self.horizon
-
-    def _hparams(self) -> dict[str, object]:
-        return {"gamma": self.gamma, "n": self.n}
 
     def targets(self, batch: Batch, next_values: Tensor | None, next_valid: Tensor) -> tuple[Tensor, Tensor]:
         targets, valid = self._n_step(batch, next_values, next_valid)

@@ -36,7 +36,7 @@ class RolloutContext:
 class Sampler:
     """Base of samplers: turns a rollout context into one action per environment.
 
-    Subclasses set ``needs_critic`` and implement :meth:`initial_rtg` and :meth:`select`.
+    Subclasses set ``needs_critic``, implement :meth:`select` and, for several rows, :meth:`initial_rtg`.
     ``targets`` are return targets in raw reward units; the agent fills them from the dataset when
     a preset leaves them empty.
     """
@@ -45,8 +45,8 @@ class Sampler:
     num_rows: int = 1
 
     def initial_rtg(self, num_envs: int, targets: list[float], rtg_scale: float, generator: torch.Generator) -> Tensor:
-        """Scaled initial return-to-go of every candidate row: [E, N]."""
-        raise NotImplementedError
+        """Scaled initial return-to-go of every candidate row: [E, N]. Default: one row at the first target."""
+        return torch.full((num_envs, 1), float(targets[0]) / rtg_scale)
 
     def select(
         self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator

@@ -83,9 +83,6 @@ class SingleRTGSampler(Sampler):
         self.targets = None if target is None else [target]
         self.target_fractions = [target_fraction]
 
-    def initial_rtg(self, num_envs: int, targets: list[float], rtg_scale: float, generator: torch.Generator) -> Tensor:
-        return torch.full((num_envs, 1), float(targets[0]) / rtg_scale)
-
     @torch.no_grad()
     def select(
         self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
@@ -116,9 +113,6 @@ class GaussianSampler(Sampler):
         self.targets = None if target is None else [target]
         self.target_fractions = [target_fraction]
         self.selection, self.temperature = selection, temperature
-
-    def initial_rtg(self, num_envs: int, targets: list[float], rtg_scale: float, generator: torch.Generator) -> Tensor:
-        return torch.full((num_envs, 1), float(targets[0]) / rtg_scale)
 
     @torch.no_grad()
     def select(
