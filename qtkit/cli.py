@@ -144,6 +144,7 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed"),
     num_envs: int = typer.Option(None, "--num-envs"),
     env: str = typer.Option(None, "--env", help="gymnasium id (default: the dataset's env)"),
+    normalized: bool = typer.Option(False, "--normalized", help="fail unless a normalised score can be reported"),
 ) -> None:
     """Evaluate a trained agent: mean/std return and normalised score."""
     import qtkit
@@ -151,7 +152,8 @@ def eval_cmd(
 
     try:
         agent = qtkit.load(run)
-        result = agent.evaluate(env, episodes=episodes, seed=seed, num_envs=num_envs, progress=True)
+        result = agent.evaluate(env, episodes=episodes, seed=seed, num_envs=num_envs, progress=True,
+                                normalized=True if normalized else None)
     except QtkitError as exc:
         _fail(exc)
     line = f"{agent.name}: return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {result['episodes']} episodes"
@@ -170,6 +172,62 @@ def demo_cmd(
     from qtkit.demo import run_demo
 
     run_demo(out=out, steps=steps, dataset=dataset)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    file: str = typer.Argument(..., help="sweep YAML (presets/peers × datasets × seeds, budget, resources)"),
+    address: str = typer.Option(None, "--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)"),
+    num_cpus: int = typer.Option(None, "--num-cpus", help="CPUs of the local Ray (default: this machine's cores)"),
+    serial: bool = typer.Option(False, "--serial", help="debugging: run trials one by one in this process, no Ray"),
+    out: str = typer.Option(None, "--out", help="run folder (default: the file's out:)"),
+    check: bool = typer.Option(False, "--check", help="validate the file and list the trials; run nothing"),
+) -> None:
+    """Run a sweep on Ray: every trial in its own run folder; finished trials are skipped, interrupted ones resume."""
+    from pathlib import Path
+
+    from qtkit.errors import QtkitError
+    from qtkit.sweep import expand_trials, load_sweep, read_status, run_sweep
+
+    try:
+        spec = load_sweep(file)
+        if out:
+            spec.out = Path(out)
+        trials = expand_trials(spec)
+        if check:
+            for trial in trials:
+                typer.echo(f"{read_status(trial.run_dir).get('state', 'pending'):<8} {trial.key}")
+            typer.echo(f"{len(trials)} trials, {spec.steps} steps each, out {spec.out}")
+            return
+        typer.echo(f"sweep {spec.name}: {len(trials)} trials ({len(spec.methods)} methods × {len(spec.datasets)} "
+                   f"datasets × {len(spec.seeds)} seeds), {spec.steps} steps each, out {spec.out}")
+        result = run_sweep(spec, address=address, num_cpus=num_cpus, executor="serial" if serial else "ray")
+    except QtkitError as exc:
+        _fail(exc)
+    typer.echo(f"{result['done']} done, {result['skipped']} skipped (already done), {result['failed']} failed "
+               f"in {result['seconds']:.0f} s; report: {result['report']}")
+    if result["failed"]:
+        for r in result["results"]:
+            if r["state"] == "failed":
+                typer.secho(f"  failed {r['key']}: {r.get('error')}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("report")
+def report_cmd(
+    runs_dir: str = typer.Argument(..., help="a sweep's out folder (any tree of run folders)"),
+    out: str = typer.Option(None, "--out", help="where to write report.md/.json and PNGs (default: RUNS_DIR)"),
+) -> None:
+    """Markdown + JSON report and learning-curve PNGs: mean ± std over seeds, final and best, ranked per dataset."""
+    from pathlib import Path
+
+    from qtkit.report import write_report
+
+    if not Path(runs_dir).is_dir():
+        _fail(FileNotFoundError(f"{runs_dir!r} is not a folder of runs."))
+    path = write_report(runs_dir, out)
+    typer.echo(path.read_text(encoding="utf-8"), nl=False)
+    typer.echo(f"\nwrote {path}, {path.with_suffix('.json')} and curves_*.png")
 
 
 def main() -> None:

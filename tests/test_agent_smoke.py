@@ -11,7 +11,7 @@ import torch
 
 import qtkit
 from qtkit.data import TrajectoryDataset
-from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+from qtkit.errors import CheckpointError, DataError, ShapeMismatchError, TrainingError
 
 TINY = {
     "backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
@@ -121,3 +121,43 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data: TrajectoryDa
     with pytest.raises(TrainingError, match="non-finite"):
         agent.fit(data, resume=None, steps=4, log_dir=tmp_path, progress=False)
     assert (tmp_path / "checkpoint" / "weights.safetensors").read_bytes() == good
+
+
+def test_normalized_score_needs_reference_scores(tmp_path: Path) -> None:
+    plain = pendulum_dataset(episodes=3)
+    plain.metadata.pop("ref_min_score")
+    plain.metadata.pop("ref_max_score")
+    agent = qtkit.build("dt-gpt", dataset=plain, **tiny("dt-gpt"))
+    agent.fit(plain, steps=1, progress=False)
+    raw = agent.evaluate(eval_env, episodes=1)
+    assert "normalized_score" not in raw and np.isfinite(raw["mean_return"])
+    with pytest.raises(DataError, match=r"'pendulum' has no reference scores.*ref_min_score="):
+        agent.evaluate(eval_env, episodes=1, normalized=True)
+
+
+def test_seeded_runs_are_reproducible(data: TrajectoryDataset) -> None:
+    runs = [qtkit.build("qt-gpt-nstep", dataset=data, seed=7, **TINY).fit(data, steps=3, progress=False) for _ in range(2)]
+    untimed = [[{k: v for k, v in row.items() if k not in ("time_s", "steps_per_s")} for row in run["metrics"]]
+               for run in runs]
+    assert len(untimed[0]) == 2 and untimed[0] == untimed[1]
+
+
+def test_compile_routes_the_training_forward_passes(data: TrajectoryDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(module: torch.nn.Module) -> object:
+        compiled.append(module)
+
+        def call(*args: object, **kwargs: object) -> object:
+            call.count += 1
+            return module(*args, **kwargs)
+
+        call.count = 0
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, compile=True, **TINY)
+    agent.fit(data, steps=2, progress=False)
+    assert compiled == [agent.policy, agent.critic]
+    assert agent._policy_forward.count == 2 and agent._critic_forward.count == 2
+    assert all(not k.startswith("_orig_mod") for k in agent.state_dict())  # checkpoints keep plain keys

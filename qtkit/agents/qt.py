@@ -90,6 +90,9 @@ class QTAgent(Agent):
         self._eval_history: list[dict[str, Any]] = []
         self._rollout: Any = None
         self.env_spec: str | None = None  # the dataset's env (id or EnvSpec JSON), for evaluate()
+        self.dataset_id: str | None = None  # the training dataset's id, for error messages
+        self._policy_forward: Any = policy  # torch.compile'd forward passes when train.compile (see compile_modules)
+        self._critic_forward: Any = critic
 
     # ------------------------------------------------------------------ set-up
     def modules(self) -> dict[str, nn.Module]:
@@ -134,6 +137,7 @@ class QTAgent(Agent):
         self.return_targets = list(targets) if targets else [best * f for f in fractions]
         lo, hi = dataset.metadata.get("ref_min_score"), dataset.metadata.get("ref_max_score")
         self.ref_scores = (float(lo), float(hi)) if lo is not None and hi is not None else None
+        self.dataset_id = dataset.metadata.get("dataset_id")
         spec = dataset.metadata.get("eval_env_spec") or dataset.metadata.get("env_spec") or dataset.metadata.get("env_id")
         self.env_spec = spec.to_json() if hasattr(spec, "to_json") else spec
 
@@ -161,6 +165,16 @@ class QTAgent(Agent):
             )
             self.critic_scheduler = scheduler(self.critic_optimizer)
         self._total_steps = total_steps
+
+    def compile_modules(self) -> None:
+        """Route the training forward passes of the policy and critic through ``torch.compile``.
+
+        The modules themselves stay uncompiled (weights, state dicts and checkpoints are unchanged);
+        only the calls in :meth:`train_step` go through the compiled wrappers. On CPU, inductor needs
+        a C++ compiler; the first steps pay the compilation.
+        """
+        self._policy_forward = torch.compile(self.policy)
+        self._critic_forward = torch.compile(self.critic) if self.critic is not None else None
 
     def standardize(self, observations: Tensor) -> Tensor:
         return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
@@ -194,11 +208,11 @@ class QTAgent(Agent):
 
         # 2. Policy: behaviour cloning (+ next-state prediction) + eta * normalised Q term.
         with self.autocast():
-            predicted, predicted_next = self.policy(states, actions, rtg, timesteps, mask)
+            predicted, predicted_next = self._policy_forward(states, actions, rtg, timesteps, mask)
             loss, policy_metrics = self.policy.bc_loss(predicted, predicted_next, actions, next_states, mask)
             if self.critic is not None and tc.eta > 0:
                 self.critic.requires_grad_(False)
-                q = self.critic(states, predicted)  # [E, B, K]
+                q = self._critic_forward(states, predicted)  # [E, B, K]
                 self.critic.requires_grad_(True)
                 members = torch.randperm(q.shape[0], generator=self.generator)
                 i, j = int(members[0]), int(members[-1])
@@ -281,6 +295,8 @@ class QTAgent(Agent):
             self.prepare(dataset)
             self.to(self.resolve_device())
             self._make_optimizers(total)
+        if tc.compile and self._policy_forward is self.policy:
+            self.compile_modules()
         eval_episodes = eval_episodes or tc.eval_episodes
         logger = MetricsLogger(log_dir, total=total, start=self.step, progress=progress)
         history: list[dict[str, Any]] = self._eval_history if resume is not None else []
@@ -328,10 +344,23 @@ class QTAgent(Agent):
 
     # ------------------------------------------------------------------ acting
     def evaluate(self, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
-                 progress: bool = False) -> dict[str, Any]:
-        """Run ``episodes`` episodes with the sampler; mean/std return and normalised score."""
+                 progress: bool = False, normalized: bool | None = None) -> dict[str, Any]:
+        """Run ``episodes`` episodes with the sampler; mean/std return and normalised score.
+
+        ``normalized``: None reports the normalised score when the training dataset had reference
+        scores; True requires it (a :class:`~qtkit.errors.DataError` names the dataset otherwise).
+        """
         from qtkit.agents.evaluation import evaluate_agent
 
+        if normalized and self.ref_scores is None:
+            from qtkit.errors import DataError
+
+            raise DataError(
+                f"agent {self.name!r} cannot report a normalised score: its training dataset "
+                f"{self.dataset_id or '(unknown)'!r} has no reference scores (ref_min_score / ref_max_score). "
+                "Load the dataset with qtkit.data.load_dataset(..., ref_min_score=R_random, ref_max_score=R_expert) "
+                "before fit, or evaluate raw returns (normalized=None)."
+            )
         return evaluate_agent(self, env, episodes=episodes, seed=seed, num_envs=num_envs, progress=progress)
 
     def rollout(self, num_envs: int = 1, seed: int = 0) -> Any:
@@ -382,6 +411,7 @@ class QTAgent(Agent):
             "critic_scheduler": opt(self.critic_scheduler),
             "eval_history": self._eval_history,
             "env_spec": self.env_spec,
+            "dataset_id": self.dataset_id,
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -399,6 +429,7 @@ class QTAgent(Agent):
         self.step = int(state.get("step", 0))
         self._eval_history = list(state.get("eval_history") or [])
         self.env_spec = state.get("env_spec")
+        self.dataset_id = state.get("dataset_id")
 
     def _restore(self, directory: str | Path, dataset: Any) -> None:
         from qtkit.checkpoint import read_checkpoint
