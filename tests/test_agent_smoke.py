@@ -161,3 +161,22 @@ def test_compile_routes_the_training_forward_passes(data: TrajectoryDataset, mon
     assert compiled == [agent.policy, agent.critic]
     assert agent._policy_forward.count == 2 and agent._critic_forward.count == 2
     assert all(not k.startswith("_orig_mod") for k in agent.state_dict())  # checkpoints keep plain keys
+
+
+def test_fit_uses_returns_discounted_with_the_agents_gamma(data: TrajectoryDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor] = []
+    agent = qtkit.build("qt-gpt-mc", dataset=data, gamma=0.5, **TINY)
+    original = agent.train_step
+
+    def spy(batch: object) -> dict:
+        seen.append(batch)
+        return original(batch)
+
+    monkeypatch.setattr(agent, "train_step", spy)
+    assert data.gamma != 0.5
+    agent.fit(data, steps=1, progress=False)
+    batch = seen[0]
+    # returns follow G_t = r_t + 0.5 * G_{t+1} inside each window (where t+1 is valid and t not terminal)
+    inner = batch.mask[:, :-1] & batch.mask[:, 1:] & ~batch.terminals[:, :-1].bool()
+    expected = batch.rewards[:, :-1] + 0.5 * batch.returns[:, 1:]
+    torch.testing.assert_close(batch.returns[:, :-1][inner], expected[inner])

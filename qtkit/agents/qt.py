@@ -287,6 +287,8 @@ class QTAgent(Agent):
 
             dataset = load_dataset(dataset)
         tc = self.train_config
+        if getattr(dataset, "gamma", tc.gamma) != tc.gamma:  # Monte-Carlo returns must use the agent's discount
+            dataset = dataset.with_gamma(tc.gamma)
         total = int(steps if steps is not None else tc.steps)
         if resume is not None:
             self._restore(resume, dataset)
