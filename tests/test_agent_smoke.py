@@ -25,13 +25,19 @@ TINY = {
 }
 
 
+TINY_CRITICS = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
+
+
 def tiny(preset: str) -> dict:
-    """TINY, without a critic override for presets that have no critic."""
-    has_critic = qtkit.build(preset, obs_dim=1, act_dim=1).config["critic"] is not None
-    return {k: v for k, v in TINY.items() if k != "critic" or has_critic}
+    """TINY adapted to the preset: the critic's own small size, and only the train keys its agent has."""
+    config = qtkit.build(preset, obs_dim=1, act_dim=1).config
+    out = {k: v for k, v in TINY.items() if k == "backbone" or k in config["train"]}
+    if config["critic"] is not None:
+        out["critic"] = TINY_CRITICS[config["critic"]["type"]]
+    return out
 
 
-QT_PRESETS = [p for p in qtkit.list_presets() if qtkit.build(p, obs_dim=1, act_dim=1).config["agent"] == "qt"]
+PRESETS = qtkit.list_presets()
 
 
 def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> TrajectoryDataset:
@@ -66,7 +72,7 @@ def eval_env() -> gym.Env:
     return gym.make("Pendulum-v1", max_episode_steps=10)
 
 
-@pytest.mark.parametrize("preset", QT_PRESETS)
+@pytest.mark.parametrize("preset", PRESETS)
 def test_preset_fits_evaluates_and_reloads(preset: str, data: TrajectoryDataset, tmp_path: Path) -> None:
     agent = qtkit.build(preset, dataset=data, **tiny(preset))
     result = agent.fit(data, steps=4, eval_env=eval_env, eval_episodes=2, log_dir=tmp_path, progress=False)
@@ -85,17 +91,21 @@ def test_preset_fits_evaluates_and_reloads(preset: str, data: TrajectoryDataset,
     assert (np.abs(a1) <= 2.0 + 1e-6).all()
 
 
-def test_resume_continues_exactly(data: TrajectoryDataset, tmp_path: Path) -> None:
-    full = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+
+@pytest.mark.parametrize(("preset", "keys"), [("qt-gpt-nstep", ("critic_loss", "bc_loss", "q_loss")),
+                                             ("qtransformer", ("critic_loss", "td_loss", "conservative_loss"))])
+def test_resume_continues_exactly(preset: str, keys: tuple[str, ...], data: TrajectoryDataset, tmp_path: Path) -> None:
+    full = qtkit.build(preset, dataset=data, **tiny(preset))
     straight = full.fit(data, steps=6, progress=False)
-    first = qtkit.build("qt-gpt-nstep", dataset=data, **TINY)
+    first = qtkit.build(preset, dataset=data, **tiny(preset))
     first.fit(data, steps=6, log_dir=tmp_path, checkpoint_every=3, progress=False, until=3)
     second = qtkit.load(tmp_path)
     resumed = second.fit(data, resume=tmp_path / "checkpoint", log_dir=tmp_path, progress=False)
     a = [r for r in straight["metrics"] if r["step"] in (4, 6)]
     b = [r for r in resumed["metrics"] if int(r["step"]) in (4, 6)]
+    assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
-        for key in ("critic_loss", "bc_loss", "q_loss"):
+        for key in keys:
             assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-6, abs=1e-7), key
 
 

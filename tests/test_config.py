@@ -46,7 +46,12 @@ def test_every_preset_resolves_and_builds(name: str) -> None:
     assert agent.config["name"] == name
     for slot in ("policy", "backup", "sampler"):
         assert agent.config[slot]["type"] in qtkit.list_components(slot)
-    assert agent.num_parameters()["policy"] > 0
+    trainable = {slot: n for slot, n in agent.num_parameters().items() if n > 0}
+    assert trainable, "every preset trains something"
+    if agent.config["agent"] == "qtransformer":  # the policy decodes the critic: all weights are the critic's
+        assert agent.policy.critic is agent.critic and "critic" in trainable
+    else:
+        assert "policy" in trainable
 
 
 def test_base_inheritance_deep_merges() -> None:

@@ -2,5 +2,6 @@
 
 from qtkit.agents.base import Agent
 from qtkit.agents.qt import QTAgent
+from qtkit.agents.qtransformer import QTransformerAgent
 
-__all__ = ["Agent", "QTAgent"]
+__all__ = ["Agent", "QTAgent", "QTransformerAgent"]

@@ -140,6 +140,8 @@ class QTAgent(Agent):
         self.dataset_id = dataset.metadata.get("dataset_id")
         spec = dataset.metadata.get("eval_env_spec") or dataset.metadata.get("env_spec") or dataset.metadata.get("env_id")
         self.env_spec = spec.to_json() if hasattr(spec, "to_json") else spec
+        if callable(getattr(self.critic, "prepare", None)):
+            self.critic.prepare(dataset)  # e.g. ar-q resolves its conservative floor from the rewards
 
     def _make_optimizers(self, total_steps: int) -> None:
         from timm.optim import create_optimizer_v2

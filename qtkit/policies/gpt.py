@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from qtkit.backbones.base import hidden_at
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
@@ -61,6 +62,9 @@ class GPTPolicy(nn.Module):
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
 
+    #: ``forward`` takes ``predict_next`` and ``last_only`` (samplers check this before passing them).
+    supports_last_only = True
+
     def forward(
         self,
         states: Tensor,
@@ -68,6 +72,9 @@ class GPTPolicy(nn.Module):
         rtg: Tensor,
         timesteps: Tensor,
         mask: Tensor | None = None,
+        *,
+        predict_next: bool = True,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Predict actions for every position of a window.
 
@@ -75,6 +82,12 @@ class GPTPolicy(nn.Module):
         position is never seen by that position's prediction), rtg [B, K] (scaled),
         timesteps [B, K] (long, clamped to max_timestep - 1), mask [B, K] bool or None.
         Returns ``(actions [B, K, act] within the bounds, next-state prediction [B, K, obs] or None)``.
+
+        ``predict_next=False`` skips the next-state head (returns None for it) and ``last_only=True``
+        returns the last position's action only (``[B, 1, act]``, no next state): with a causal
+        backbone the tokens that feed no requested output are not computed (the last layer runs at
+        the read tokens only, and the final action token is dropped when no next state is asked for).
+        The requested outputs equal those of the full pass.
         """
         t = self.embed_timestep(timesteps.clamp(0, self.max_timestep - 1))
         tokens = torch.stack(
@@ -85,13 +98,34 @@ class GPTPolicy(nn.Module):
             ),
             dim=2,
         )  # [B, K, 3, W]
-        tokens = self.embed_drop(self.embed_ln(rearrange(tokens, "b k three w -> b (k three) w")))
+        b, k = tokens.shape[:2]
+        tokens = rearrange(tokens, "b k three w -> b (k three) w")
         token_mask = None if mask is None else rearrange(torch.stack((mask,) * 3, dim=2), "b k three -> b (k three)")
-        hidden = rearrange(self.backbone(tokens, token_mask), "b (k three) w -> b k three w", three=3)
-        squashed = torch.tanh(self.action_head(hidden[:, :, 1]))
+        with_next = self.next_state_head is not None and predict_next and not last_only
+        causal = bool(getattr(self.backbone, "causal", True))
+        if causal and not with_next:  # the last action token only feeds its own next-state prediction
+            tokens = tokens[:, :-1]
+            token_mask = None if token_mask is None else token_mask[:, :-1]
+        tokens = self.embed_drop(self.embed_ln(tokens))
+        # the action head reads the state tokens (3i + 1), the next-state head the action tokens (3i + 2)
+        if last_only:
+            positions = torch.tensor([3 * k - 2], device=tokens.device)
+        elif with_next:
+            positions = torch.arange(3 * k, device=tokens.device).view(k, 3)[:, 1:].reshape(-1)
+        else:
+            positions = torch.arange(1, 3 * k, 3, device=tokens.device)
+        hidden = hidden_at(self.backbone, tokens, token_mask, positions)  # [B, k, W] or [B, 2k, W] or [B, 1, W]
+        if with_next:
+            hidden = hidden.view(b, k, 2, -1)
+            state_hidden, action_hidden = hidden[:, :, 0], hidden[:, :, 1]
+        else:
+            state_hidden, action_hidden = hidden, None
+        squashed = torch.tanh(self.action_head(state_hidden))
         low, high = self.action_low.to(squashed.dtype), self.action_high.to(squashed.dtype)
         action = low + (squashed + 1.0) * 0.5 * (high - low)
-        next_state = self.next_state_head(hidden[:, :, 2]) if self.next_state_head is not None else None
+        next_state = None
+        if action_hidden is not None and self.next_state_head is not None:
+            next_state = self.next_state_head(action_hidden)
         return action, next_state
 
     def bc_loss(

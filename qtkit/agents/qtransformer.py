@@ -1,0 +1,108 @@
+"""The Q-Transformer agent: an autoregressive Q-function is both the learner and the policy.
+
+ALGORITHMS.md §6. There is no separate policy network: the ``ar-argmax`` policy (or the
+``ar-greedy`` sampler) decodes the critic's per-dimension argmax. Training is the critic update
+alone, with the preset's backup (``nstep-mc-max`` by default) giving the last dimension's
+target. Fitting, evaluation, checkpoints and resuming are shared with the QT family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from qtkit.agents.qt import QTAgent
+from qtkit.data.batch import Batch
+from qtkit.errors import ConfigError
+from qtkit.registry import register
+
+
+@dataclass
+class QTransformerTrainConfig:
+    """Training parameters of the Q-Transformer agent (the ``train`` section of a preset)."""
+
+    steps: int = 100_000  # gradient steps of fit() when not given
+    batch_size: int = 128  # windows per batch
+    context: int = 8  # window length K (the n-step sums stay inside a window: use K >= n)
+    gamma: float = 0.99
+    lr: float = 3.0e-4  # critic learning rate
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
+    scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = 10.0  # critic gradient-norm clip (None: off)
+    tau: float = 0.005  # polyak update of the target network, every step
+    rtg_scale: float = 1.0  # only for the rollout's return-to-go bookkeeping (the critic ignores it)
+    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
+    eval_episodes: int = 10
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
+    tf32: bool = True  # allow TF32 matmuls on CUDA
+    compile: bool = False  # torch.compile the critic's training loss
+    log_every: int = 100
+
+
+@register("agent", "qtransformer")
+class QTransformerAgent(QTAgent):
+    """Q-Transformer: an ``ar-q`` critic trained by autoregressive TD + conservative regularisation."""
+
+    TrainConfig = QTransformerTrainConfig
+
+    def __init__(self, config: dict[str, Any], policy: Any = None, critic: Any = None,
+                 backup: Any = None, sampler: Any = None) -> None:
+        if critic is None or not callable(getattr(critic, "greedy", None)):
+            raise ConfigError(
+                f"preset {config.get('name')!r}: agent 'qtransformer' needs an autoregressive critic with "
+                f"greedy() (critic 'ar-q'), got {type(critic).__name__ if critic is not None else 'none'}."
+            )
+        super().__init__(config, policy, critic, backup, sampler)
+        if policy is not None and hasattr(policy, "attach"):
+            policy.attach(critic)
+        self._critic_loss: Any = critic.loss
+
+    def _make_optimizers(self, total_steps: int) -> None:
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        tc = self.train_config
+        self.critic_optimizer = create_optimizer_v2(self.critic.net, opt=tc.optimizer, lr=tc.lr,
+                                                    weight_decay=tc.weight_decay)
+        self.critic_scheduler = None
+        if tc.scheduler != "none":
+            self.critic_scheduler, _ = create_scheduler_v2(
+                self.critic_optimizer, sched=tc.scheduler, num_epochs=max(1, total_steps - tc.warmup_steps),
+                warmup_epochs=tc.warmup_steps, warmup_prefix=True, min_lr=tc.min_lr,
+                warmup_lr=tc.lr * 0.01 if tc.warmup_steps else 1e-5, step_on_epochs=False, updates_per_epoch=1,
+            )
+        self.policy_optimizer = self.policy_scheduler = None
+        self._total_steps = total_steps
+
+    def compile_modules(self) -> None:
+        """Route the critic's training loss through ``torch.compile`` (weights and checkpoints unchanged)."""
+        self._policy_forward = None
+        self._critic_loss = torch.compile(self.critic.loss)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One gradient step: targets from the target network and the backup, then the critic update."""
+        tc = self.train_config
+        states = self.standardize(batch.observations)
+        next_states = self.standardize(batch.next_observations)
+
+        # 1. Last-dimension targets: the backup bootstrapped with max_b Q̄_1(s', b) (every step has s').
+        with torch.no_grad(), self.autocast():
+            next_values, next_valid = self.critic.bootstrap(states, next_states, None, batch.mask)
+            targets, valid = self.backup(batch, next_values.float(), next_valid)
+
+        # 2. Critic: per-dimension TD (+ Monte-Carlo lower bound) + conservative term, then polyak.
+        with self.autocast():
+            loss, metrics = self._critic_loss(states, batch.actions, targets, valid, batch=batch)
+        self._step_optimizer(self.critic_optimizer, self.critic_scheduler, loss, self.critic.parameters(),
+                             tc.grad_clip, "critic")
+        self.step += 1
+        self.critic.update_target(tc.tau)
+        metrics["target_valid_frac"] = valid.float().mean()
+        return {k: float(v) for k, v in metrics.items()}
