@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,makers]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,makers,sweep,bench]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

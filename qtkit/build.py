@@ -22,7 +22,9 @@ def _shapes_from_env(env: Any) -> dict[str, Any]:
     if not isinstance(act_space, gym.spaces.Box):
         raise ConfigError(
             f"env action space {act_space} is not continuous (Box); qtkit's policies and critics "
-            "support bounded continuous actions only."
+            "support bounded continuous (Box) actions only. The Q-Transformer critic 'ar-q' discretises each "
+            "continuous dimension into bins itself; a Discrete or MultiDiscrete space is not supported: wrap "
+            "the env so it takes a Box action (e.g. one dimension per choice, decoded by argmax)."
         )
     return {
         "obs_dim": int(gym.spaces.flatdim(obs_space)),

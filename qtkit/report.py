@@ -60,3 +60,274 @@ def learning_curves_png(evaluations: dict[str, list[dict[str, Any]]], metrics: d
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# ----------------------------------------------------------------------------- sweep reports
+def _git_commit() -> str:
+    """Short commit of the qtkit checkout (``+dirty`` with local changes), or ``unknown``."""
+    import subprocess
+
+    where = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if commit and dirty else (commit or "unknown")
+
+
+def hardware_summary() -> str:
+    """``CPU model (N cores)`` plus the GPU name when CUDA is available: where a trial ran."""
+    import os
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu} ({os.cpu_count()} cores)"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    except Exception:
+        pass
+    return text
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """Every trial folder under ``runs_dir`` (one with ``summary.json`` or ``status.json``).
+
+    Each run: ``dataset``, ``method``, ``seed`` (from ``trial.yaml``, else the folder layout
+    ``<dataset>/<method>/seed<k>``), ``state``, ``summary`` (or None), ``status``, ``trial``, ``path``.
+    """
+    import yaml
+
+    root = Path(runs_dir)
+    folders = sorted({p.parent for name in ("summary.json", "status.json") for p in root.rglob(name)
+                      if "checkpoint" not in p.parts})
+    runs = []
+    for folder in folders:
+        trial: dict[str, Any] = {}
+        if (folder / "trial.yaml").is_file():
+            try:
+                trial = yaml.safe_load((folder / "trial.yaml").read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                trial = {}
+        rel = folder.relative_to(root).parts
+        seed_part = rel[-1] if rel else "seed0"
+        seed = trial.get("seed")
+        if seed is None:
+            seed = int(seed_part[4:]) if seed_part.startswith("seed") and seed_part[4:].isdigit() else 0
+        method = (trial.get("method") or {}).get("label") or (rel[-2] if len(rel) >= 2 else folder.name)
+        dataset = (trial.get("dataset") or {}).get("label") or (rel[-3] if len(rel) >= 3 else "dataset")
+        status = _read_json(folder / "status.json") or {}
+        summary = _read_json(folder / "summary.json")
+        state = status.get("state") or ("done" if summary else "pending")
+        if state == "done" and summary is None:
+            state = "failed"
+        runs.append({"dataset": dataset, "method": method, "seed": int(seed), "state": state, "summary": summary,
+                     "status": status, "trial": trial, "path": str(folder)})
+    return runs
+
+
+def _score_of(entry: dict[str, Any] | None) -> tuple[float | None, str]:
+    if not entry:
+        return None, "normalized_score"
+    if entry.get("normalized_score") is not None:
+        return float(entry["normalized_score"]), "normalized_score"
+    return float(entry["mean_return"]), "mean_return"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    import numpy as np
+
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)  # no spread from one seed
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, one row per method: mean ± std over seeds (ddof 1) of the final and the best score, n, rank.
+
+    Scores are normalised (D4RL-style) where the dataset has reference scores, else mean returns (``unit``
+    says which). Rows are sorted by rank: the final score's mean, highest first (ties share a rank);
+    ``best_rank`` ranks the best scores the same way. Only finished runs count; ``failed`` counts the others.
+    """
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        groups.setdefault(run["dataset"], {}).setdefault(run["method"], []).append(run)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dataset in sorted(groups):
+        rows = []
+        for method, members in groups[dataset].items():
+            done = sorted((r for r in members if r["state"] == "done" and r["summary"]), key=lambda r: r["seed"])
+            finals = [_score_of(r["summary"].get("final")) for r in done]
+            bests = [_score_of(r["summary"].get("best")) for r in done]
+            final_vals = [v for v, _ in finals if v is not None]
+            best_vals = [v for v, _ in bests if v is not None]
+            returns = [float(r["summary"]["final"]["mean_return"]) for r in done if r["summary"].get("final")]
+            final_mean, final_std = _mean_std(final_vals)
+            best_mean, best_std = _mean_std(best_vals)
+            ret_mean, ret_std = _mean_std(returns)
+            steps = sorted({int(r["summary"].get("steps", 0)) for r in done})
+            rows.append({
+                "method": method, "n": len(final_vals), "seeds": [r["seed"] for r in done],
+                "unit": finals[0][1] if finals else "normalized_score",
+                "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
+                "return_mean": ret_mean, "return_std": ret_std, "steps": steps,
+                "failed": sum(r["state"] == "failed" for r in members),
+                "unfinished": sum(r["state"] in ("pending", "running") for r in members),
+            })
+        for key, rank_key in (("best_mean", "best_rank"), ("final_mean", "rank")):
+            ordered = sorted((r for r in rows if r[key] is not None), key=lambda r: -r[key])
+            for i, row in enumerate(ordered):
+                same = [o for o in ordered[:i] if o[key] == row[key]]
+                row[rank_key] = same[0][rank_key] if same else i + 1
+            for row in rows:
+                row.setdefault(rank_key, None)
+        rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["method"]))
+        out[dataset] = rows
+    return out
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
+    """The report as Markdown: a header (budget, hardware, version, commit) and one ranked table per dataset."""
+    lines = [f"# qtkit report: {meta.get('name', 'runs')}", ""]
+    budget = meta.get("budget", {})
+    lines.append(f"- budget: {', '.join(map(str, budget.get('steps', []))) or '?'} gradient steps per trial, "
+                 f"{', '.join(map(str, budget.get('eval_episodes', []))) or '?'} evaluation episodes "
+                 f"(every {', '.join(map(str, budget.get('eval_every', []))) or 'end only'} steps), "
+                 f"seeds {', '.join(map(str, meta.get('seeds', [])))}")
+    lines.append(f"- hardware: {'; '.join(meta.get('hardware', [])) or 'unknown'}")
+    lines.append(f"- qtkit {meta.get('qtkit_version')} at commit {meta.get('commit')}; generated {meta.get('generated')}")
+    lines.append(f"- trials: {meta.get('trials', {}).get('done', 0)} done, {meta.get('trials', {}).get('failed', 0)} "
+                 f"failed, {meta.get('trials', {}).get('unfinished', 0)} unfinished")
+    lines.append("- scores: D4RL-style normalised score (100 = the dataset's expert reference), mean ± std over seeds "
+                 "(sample std; none shown for one seed); final = last evaluation, best = best evaluation during "
+                 "training (optimistic), ranked by the final score")
+    for dataset, rows in table.items():
+        lines += ["", f"## {dataset}", "",
+                  "| rank | method | final score | best score | seeds (n) | final return | failed |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            unit = "" if row["unit"] == "normalized_score" else " (return)"
+            lines.append(
+                f"| {row['rank'] if row['rank'] is not None else '–'} | {row['method']} | "
+                f"{_pm(row['final_mean'], row['final_std'])}{unit} | {_pm(row['best_mean'], row['best_std'])}{unit} | "
+                f"{row['n']} | {_pm(row['return_mean'], row['return_std'])} | {row['failed']} |"
+            )
+        lines += ["", f"![learning curves](curves_{dataset}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_curves_png(runs: list[dict[str, Any]], dataset: str, path: str | Path) -> Path:
+    """Evaluation score against gradient steps for every method on ``dataset``: mean over seeds, ± std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_method: dict[str, list[list[dict[str, Any]]]] = {}
+    for run in runs:
+        if run["dataset"] == dataset and run["summary"] and run["summary"].get("evaluations"):
+            by_method.setdefault(run["method"], []).append(run["summary"]["evaluations"])
+    unit = "normalised score"
+    for method in sorted(by_method):
+        histories = by_method[method]
+        steps = sorted(set.intersection(*[{int(h["step"]) for h in hist} for hist in histories]))
+        if not steps:
+            continue
+        key = "normalized_score" if histories[0][0].get("normalized_score") is not None else "mean_return"
+        unit = "normalised score" if key == "normalized_score" else "mean return"
+        values = np.array([[next(h[key] for h in hist if int(h["step"]) == s) for s in steps] for hist in histories])
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        ax.plot(steps, mean, marker="o", label=f"{method} (n={len(histories)})")
+        if len(histories) > 1:
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(unit)
+    ax.set_title(dataset)
+    ax.grid(alpha=0.3)
+    if by_method:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: str | None = None) -> Path:
+    """Read every run under ``runs_dir`` and write ``report.md``, ``report.json`` and ``curves_<dataset>.png``
+    (atomically) to ``out_dir`` (default ``runs_dir``); returns the path of ``report.md``."""
+    import json
+    import time
+
+    import qtkit
+    from qtkit.checkpoint import atomic_write_text
+
+    runs_dir = Path(runs_dir)
+    out = Path(out_dir) if out_dir is not None else runs_dir
+    runs = collect_runs(runs_dir)
+    table = aggregate_runs(runs)
+    trials = [r["trial"] for r in runs if r["trial"]]
+    hardware = sorted({r["status"]["hardware"] for r in runs if r["status"].get("hardware")}) or [hardware_summary()]
+
+    def values(key: str) -> list[Any]:
+        return sorted({t.get(key) for t in trials if t.get(key) is not None})
+
+    if name is None and (runs_dir / "sweep.yaml").is_file():
+        import yaml
+
+        try:
+            name = (yaml.safe_load((runs_dir / "sweep.yaml").read_text(encoding="utf-8")) or {}).get("name")
+        except yaml.YAMLError:
+            name = None
+    meta = {
+        "name": name or runs_dir.name,
+        "budget": {"steps": values("steps"), "eval_episodes": values("eval_episodes"), "eval_every": values("eval_every")},
+        "seeds": sorted({r["seed"] for r in runs}),
+        "hardware": hardware,
+        "qtkit_version": qtkit.__version__,
+        "commit": _git_commit(),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "trials": {"done": sum(r["state"] == "done" for r in runs), "failed": sum(r["state"] == "failed" for r in runs),
+                   "unfinished": sum(r["state"] in ("pending", "running") for r in runs)},
+    }
+    for dataset in table:
+        sweep_curves_png(runs, dataset, out / f"curves_{dataset}.png")
+    failures = [{"run": r["path"], "error": r["status"].get("error")} for r in runs if r["state"] == "failed"]
+    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table, "failures": failures},
+                                                      indent=2, default=float))
+    path = out / "report.md"
+    atomic_write_text(path, sweep_markdown(table, meta))
+    return path
