@@ -68,3 +68,8 @@ def test_qtransformer_recovers_the_optimal_multi_dimensional_action() -> None:
     assert q.mean().item() == pytest.approx(1.0, abs=0.25)
     actions = agent.rollout(num_envs=32).act(observations)  # the ar-greedy sampler: bin centres
     np.testing.assert_allclose(actions, np.broadcast_to(BEST, actions.shape), atol=1e-6)
+
+
+def test_ar_argmax_policy_needs_the_qtransformer_agent() -> None:
+    with pytest.raises(ConfigError, match=r"agent 'qt' trains its policy by behaviour cloning.*agent: qtransformer"):
+        qtkit.build("qt-gpt-arq", obs_dim=3, act_dim=2, policy="ar-argmax")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from qtkit.agents.base import Agent
 from qtkit.data.batch import Batch
-from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+from qtkit.errors import CheckpointError, ConfigError, ShapeMismatchError, TrainingError
 from qtkit.registry import register
 
 
@@ -69,6 +69,12 @@ class QTAgent(Agent):
 
     def __init__(self, config: dict[str, Any], policy: Any = None, critic: Any = None,
                  backup: Any = None, sampler: Any = None) -> None:
+        if type(self) is QTAgent and not callable(getattr(policy, "bc_loss", None)):
+            raise ConfigError(
+                f"preset {config.get('name')!r}: agent 'qt' trains its policy by behaviour cloning, but policy "
+                f"{type(policy).__name__} has no bc_loss(). Policy 'ar-argmax' decodes an 'ar-q' critic: use it "
+                "with agent: qtransformer (see preset 'qtransformer')."
+            )
         super().__init__(config, policy, critic, backup, sampler)
         tc = self.train_config
         obs_dim = self.shapes["obs_dim"]

@@ -25,6 +25,9 @@ class Backbone(nn.Module):
     width: int
     #: Whether token ``i`` only attends to tokens ``<= i``.
     causal: bool
+    #: Whether ``forward`` takes ``positions=`` (see :func:`hidden_at`); a backbone that does computes
+    #: its last layer for those query positions only (the same outputs as indexing the full result).
+    supports_positions: bool = False
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover
         """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) -> hidden ``[B, N, W]``."""
@@ -44,6 +47,21 @@ class Backbone(nn.Module):
                 f"{name}: mask must be a bool tensor of shape {list(tokens.shape[:2])} (True = valid "
                 f"token), got {mask.dtype} {list(mask.shape)}."
             )
+
+
+def hidden_at(backbone: nn.Module, tokens: Tensor, mask: Tensor | None, positions: Tensor | None) -> Tensor:
+    """``backbone(tokens, mask)[:, positions]`` (``[B, len(positions), W]``; all of it when ``positions`` is None).
+
+    A backbone with ``supports_positions`` gets ``positions=`` and skips the last layer's work at the
+    other tokens (their keys and values are still computed); any other backbone (the plain
+    ``forward(tokens, mask)`` interface) runs in full and is indexed. ``positions``: 1-D long tensor
+    of distinct token indices in ``[0, N)``, ascending.
+    """
+    if positions is None:
+        return backbone(tokens, mask)
+    if getattr(backbone, "supports_positions", False):
+        return backbone(tokens, mask, positions=positions)
+    return backbone(tokens, mask)[:, positions]
 
 
 def check_heads(width: int, heads: int, where: str) -> int:

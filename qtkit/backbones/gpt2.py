@@ -8,6 +8,12 @@ positional embedding by default (the policy adds timestep embeddings), as in the
 mask with one), no Python loop over tokens. Training-mode dropout on CPU uses the faster
 :func:`qtkit.backbones.base.dropout`, so attention with dropout is computed explicitly there
 (as SDPA's own CPU fallback does); CUDA keeps the fused SDPA kernels and ``F.dropout``.
+
+Two shortcuts give the outputs of the plain computation (``tests/test_speed_paths.py``): a mask with
+no padding on CPU takes the unmasked ``is_causal`` kernels, and ``forward(..., positions=...)`` runs
+the last block's queries, attention output, MLP and final LayerNorm only at the tokens a caller reads
+(keys and values still at every token): e.g. the GPT policy reads the state (and action) tokens,
+never the return-to-go tokens, and a rollout reads one token per row.
 """
 
 from __future__ import annotations
@@ -42,17 +48,28 @@ class SelfAttention(nn.Module):
         self.attn_dropout = dropout
         self.resid_dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        """``x [B, N, W]``, ``attn_mask [B, 1, N, N]`` bool (True = may attend) or None -> ``[B, N, W]``."""
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None, is_causal: bool, positions: Tensor | None = None
+    ) -> Tensor:
+        """``x [B, N, W]``, ``attn_mask`` bool (True = may attend; ``[B, 1, M, N]`` or ``[M, N]``) or None
+        -> ``[B, M, W]`` for the ``M`` query ``positions`` (all ``N`` tokens when None)."""
         b, n, w = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.heads, w // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D]
+        d = w // self.heads
+        if positions is None:
+            qkv = self.qkv(x).view(b, n, 3, self.heads, d)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D]
+        else:  # queries at the kept positions only; keys and values at every token
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, positions], weight[:w], bias[:w]).view(b, -1, self.heads, d).transpose(1, 2)
+            kv = F.linear(x, weight[w:], bias[w:]).view(b, n, 2, self.heads, d)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        m = q.shape[2]
         p = self.attn_dropout if self.training else 0.0
         if p > 0.0 and x.device.type == "cpu":
             y = attention_with_dropout(q, k, v, attn_mask, is_causal, p)
         else:  # fused kernels (flash / memory-efficient on CUDA, flash on CPU)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(b, n, w)
+        y = y.transpose(1, 2).reshape(b, m, w)
         return self.resid_dropout(self.proj(y))
 
 
@@ -85,9 +102,12 @@ class Block(nn.Module):
             Dropout(dropout),
         )
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
-        """``x [B, N, W]`` -> ``[B, N, W]``."""
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None, is_causal: bool, positions: Tensor | None = None
+    ) -> Tensor:
+        """``x [B, N, W]`` -> ``[B, N, W]``, or ``[B, M, W]`` at the ``M`` query ``positions`` only."""
+        h = self.attn(self.ln_1(x), attn_mask, is_causal, positions)
+        x = x + h if positions is None else x[:, positions] + h
         return x + self.mlp(self.ln_2(x))
 
 
@@ -99,7 +119,10 @@ class GPT2Backbone(Backbone):
     QT/DT scripts' ``--activation_function`` default), ``gelu`` or ``gelu_tanh`` (GPT-2's own).
     ``max_len > 0`` adds a learned positional embedding for up to ``max_len`` tokens (off by
     default: the policies add timestep embeddings). ``causal=False`` makes it an encoder.
+    ``forward(tokens, mask, positions=...)`` computes the last layer at the given tokens only.
     """
+
+    supports_positions = True
 
     def __init__(
         self,
@@ -147,10 +170,17 @@ class GPT2Backbone(Backbone):
         if self.pos_emb is not None:
             nn.init.normal_(self.pos_emb, std=0.02)
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) or None -> hidden ``[B, N, W]``."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) or None -> hidden ``[B, N, W]``.
+
+        ``positions`` (1-D long tensor of distinct token indices, ascending) returns only those
+        outputs, ``[B, len(positions), W]``, equal to ``forward(tokens, mask)[:, positions]``: the last
+        block then computes queries, attention output, MLP and final LayerNorm at those tokens only.
+        """
         self.check_inputs(tokens, mask)
         n = tokens.shape[1]
+        if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
+            mask = None  # nothing padded: the unmasked (is_causal) kernels give the same outputs (CPU: no sync)
         x = zero_padding(tokens, mask)
         if self.pos_emb is not None:
             if n > self.max_len:
@@ -159,6 +189,17 @@ class GPT2Backbone(Backbone):
         x = self.drop(x)
         attn_mask = attention_mask(mask, self.causal) if mask is not None else None
         is_causal = self.causal and attn_mask is None
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, attn_mask, is_causal)
+        if positions is None:
+            x = self.blocks[-1](x, attn_mask, is_causal)
+        else:
+            positions = torch.as_tensor(positions, dtype=torch.long, device=tokens.device)
+            if attn_mask is not None:
+                query_mask: Tensor | None = attn_mask[:, :, positions]  # [B, 1, M, N]
+            elif self.causal:  # query at token i sees keys j <= i
+                query_mask = torch.arange(n, device=tokens.device) <= positions.unsqueeze(-1)  # [M, N]
+            else:
+                query_mask = None
+            x = self.blocks[-1](x, query_mask, False, positions)
         return self.ln_f(x)

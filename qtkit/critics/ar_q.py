@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qtkit.backbones.base import hidden_at
 from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.registry import register
@@ -88,9 +89,10 @@ class ARQNet(nn.Module):
         mask = None
         if hist_mask is not None:
             mask = torch.cat((hist_mask, hist_mask.new_ones(hist_mask.shape[0], action_tokens.shape[1])), dim=1)
-        hidden = self.backbone(x, mask)[:, n_hist:]  # [N, n, W]
-        if last_only:
-            hidden = hidden[:, -1:]
+        n_tokens = x.shape[1]
+        first = n_tokens - 1 if last_only else n_hist  # only the read tokens' last layer is computed
+        positions = torch.arange(first, n_tokens, device=x.device)
+        hidden = hidden_at(self.backbone, x, mask, positions)  # [N, n or 1, W]
         out = self.head(hidden)
         out = out.view(*out.shape[:2], self.heads, -1).permute(2, 0, 1, 3)  # [H, N, n, bins(+1)]
         if self.dueling:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import repeat
 from torch import Tensor
 
 
@@ -56,19 +55,33 @@ class Sampler:
 
 
 def candidate_actions(policy: torch.nn.Module, ctx: RolloutContext) -> Tensor:
-    """Run the policy once on all E * N candidate rows; return their current actions [E, N, act].
+    """Run the policy once on the E * N candidate rows; return their current actions [E, N, act].
 
-    States, actions and timesteps are shared by the rows of an environment (expanded, not copied);
-    only the return-to-go differs.
+    States, actions and timesteps are shared by the rows of an environment; only the return-to-go
+    differs. Rows of one environment with identical return-to-go histories (e.g. ``noise_std`` 0)
+    are computed once, and a policy with ``supports_last_only`` computes the last position only.
     """
     E, N = ctx.num_envs, ctx.num_rows
-    states = repeat(ctx.states, "e k d -> (e n) k d", n=N)
-    actions = repeat(ctx.actions, "e k d -> (e n) k d", n=N)
-    timesteps = repeat(ctx.timesteps, "e k -> (e n) k", n=N)
-    mask = repeat(ctx.mask, "e k -> (e n) k", n=N)
     rtg = ctx.rtg.reshape(E * N, -1)
-    predicted, _ = policy(states, actions, rtg, timesteps, mask)
-    return predicted[:, -1].reshape(E, N, -1)
+    env = torch.arange(E, device=rtg.device).repeat_interleave(N)  # the environment of every row
+    inverse = None
+    if N > 1:
+        keys = torch.cat((env.unsqueeze(-1).to(rtg.dtype), rtg), dim=-1)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        if unique.shape[0] < E * N:
+            env, rtg = unique[:, 0].long(), unique[:, 1:]
+        else:
+            inverse = None
+    states, actions = ctx.states[env], ctx.actions[env]
+    timesteps, mask = ctx.timesteps[env], ctx.mask[env]
+    if getattr(policy, "supports_last_only", False):
+        predicted, _ = policy(states, actions, rtg, timesteps, mask, last_only=True)
+    else:
+        predicted, _ = policy(states, actions, rtg, timesteps, mask)
+    predicted = predicted[:, -1]
+    if inverse is not None:
+        predicted = predicted[inverse]
+    return predicted.reshape(E, N, -1)
 
 
 def choose(scores: Tensor, selection: str, temperature: float, generator: torch.Generator) -> Tensor:
