@@ -69,8 +69,9 @@ class QTransformerAgent(QTAgent):
         from timm.scheduler import create_scheduler_v2
 
         tc = self.train_config
+        fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}  # one kernel per step
         self.critic_optimizer = create_optimizer_v2(self.critic.net, opt=tc.optimizer, lr=tc.lr,
-                                                    weight_decay=tc.weight_decay)
+                                                    weight_decay=tc.weight_decay, **fused)
         self.critic_scheduler = None
         if tc.scheduler != "none":
             self.critic_scheduler, _ = create_scheduler_v2(
