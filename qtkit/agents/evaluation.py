@@ -100,7 +100,7 @@ def _env_factory(env: Any, agent: Any) -> tuple[Callable[[], Any] | None, Any]:
         env = getattr(agent, "env_spec", None)
         if env is None:
             raise ConfigError(
-                f"agent {agent.name!r} does not know its environment: pass env=... (a gymnasium id, an env, "
+                f"agent {getattr(agent, 'name', '')!r} does not know its environment: pass env=... (a gymnasium id, an env, "
                 "a factory or the dataset)."
             )
     if isinstance(env, str):
@@ -119,52 +119,45 @@ def _env_factory(env: Any, agent: Any) -> tuple[Callable[[], Any] | None, Any]:
     raise ConfigError(f"cannot evaluate on {env!r}: give a gymnasium id, an env, an env factory or a dataset.")
 
 
-def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
-                   progress: bool = False) -> dict[str, Any]:
-    """Run ``episodes`` evaluation episodes (seeded) in parallel environments.
+def env_factory(env: Any) -> Callable[[], Any]:
+    """A factory of evaluation envs from a gymnasium id, an EnvSpec JSON, a dataset (``make_env``) or a factory."""
+    factory, single = _env_factory(env, None)
+    if factory is None:
+        return lambda: single
+    return factory
 
-    Returns ``mean_return``, ``std_return``, ``returns`` (list), ``mean_length`` and, when the agent
-    knows the dataset's reference scores, ``normalized_score`` and ``normalized_std``.
+
+def run_episodes(envs: Any, actor: Any, episodes: int, seed: int = 0,
+                 ref_scores: tuple[float, float] | None = None, progress: bool = False) -> dict[str, Any]:
+    """The evaluation loop shared by agents and peers: ``episodes`` episodes on a gymnasium vector env.
+
+    ``envs``: a ``SyncVectorEnv`` of n envs (SAME_STEP autoreset), reset with seeds ``seed + i``;
+    env i runs ``episodes // n`` episodes (+1 for the first ``episodes % n``). ``actor`` has
+    ``act(observations [n, obs]) -> actions [n, act]`` and ``observe(rewards [n], dones [n])``; its
+    actions are clipped to the action space. Returns ``mean_return``, ``std_return``, ``mean_length``,
+    ``episodes``, ``returns`` and, with ``ref_scores = (random, expert)``, ``normalized_score`` and
+    ``normalized_std`` (D4RL-style, 0-100). Closes ``envs``.
     """
-    import gymnasium as gym
+    from tqdm.auto import tqdm
 
     from qtkit.data import flatten_observation
 
-    if episodes < 1:
-        raise ConfigError(f"episodes must be >= 1, got {episodes}.")
-    factory, single = _env_factory(env, agent)
-    n = 1 if single is not None else max(1, min(episodes, num_envs or min(episodes, 10)))
-    if single is not None:
-        envs = gym.vector.SyncVectorEnv([lambda: single], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    else:
-        envs = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    space = envs.single_observation_space
-    if gym.spaces.flatdim(space) != agent.shapes["obs_dim"]:
-        raise ShapeMismatchError(
-            f"agent {agent.name!r} has obs_dim={agent.shapes['obs_dim']} but the env's observations flatten to "
-            f"{gym.spaces.flatdim(space)} ({space})."
-        )
-    act_space = envs.single_action_space
-    if int(np.prod(act_space.shape)) != agent.shapes["act_dim"]:
-        raise ShapeMismatchError(
-            f"agent {agent.name!r} has act_dim={agent.shapes['act_dim']} but the env's action space is {act_space}."
-        )
+    n = envs.num_envs
+    space, act_space = envs.single_observation_space, envs.single_action_space
     quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
     counts, returns, lengths = [0] * n, [], []
     running, steps = np.zeros(n), np.zeros(n, dtype=int)
-    rollout = Rollout(agent, num_envs=n, seed=seed)
     observations, _ = envs.reset(seed=[seed + i for i in range(n)])
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=episodes, disable=not progress, desc="evaluate", unit="ep")
     try:
         while sum(counts) < episodes:
-            actions = rollout.act(flatten_observation(space, observations))
+            actions = np.asarray(actor.act(np.asarray(flatten_observation(space, observations), dtype=np.float32)))
+            actions = np.clip(actions.reshape((n, *act_space.shape)), act_space.low, act_space.high)
             observations, rewards, terminated, truncated, _ = envs.step(actions.astype(act_space.dtype))
             done = np.logical_or(terminated, truncated)
             running += rewards
             steps += 1
-            rollout.observe(rewards, done)
+            actor.observe(rewards, done)
             for i in np.flatnonzero(done):
                 if counts[i] < quota[i]:
                     returns.append(float(running[i]))
@@ -182,9 +175,43 @@ def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 
         "episodes": len(returns),
         "returns": returns,
     }
-    if agent.ref_scores is not None:
-        lo, hi = agent.ref_scores
+    if ref_scores is not None:
+        lo, hi = ref_scores
         scores = [100.0 * (r - lo) / (hi - lo) if hi != lo else math.nan for r in returns]
         result["normalized_score"] = float(np.mean(scores))
         result["normalized_std"] = float(np.std(scores))
     return result
+
+
+def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Run ``episodes`` evaluation episodes (seeded) in parallel environments (see :func:`run_episodes`).
+
+    Returns ``mean_return``, ``std_return``, ``returns`` (list), ``mean_length`` and, when the agent
+    knows the dataset's reference scores, ``normalized_score`` and ``normalized_std``.
+    """
+    import gymnasium as gym
+
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}.")
+    factory, single = _env_factory(env, agent)
+    n = 1 if single is not None else max(1, min(episodes, num_envs or min(episodes, 10)))
+    if single is not None:
+        envs = gym.vector.SyncVectorEnv([lambda: single], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    else:
+        envs = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = envs.single_observation_space
+    if gym.spaces.flatdim(space) != agent.shapes["obs_dim"]:
+        envs.close()
+        raise ShapeMismatchError(
+            f"agent {agent.name!r} has obs_dim={agent.shapes['obs_dim']} but the env's observations flatten to "
+            f"{gym.spaces.flatdim(space)} ({space})."
+        )
+    act_space = envs.single_action_space
+    if int(np.prod(act_space.shape)) != agent.shapes["act_dim"]:
+        envs.close()
+        raise ShapeMismatchError(
+            f"agent {agent.name!r} has act_dim={agent.shapes['act_dim']} but the env's action space is {act_space}."
+        )
+    return run_episodes(envs, Rollout(agent, num_envs=n, seed=seed), episodes, seed=seed,
+                        ref_scores=agent.ref_scores, progress=progress)

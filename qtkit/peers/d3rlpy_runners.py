@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,22 +248,12 @@ def _save(directory: Path, setup: _Setup, state: dict[str, Any]) -> None:
     """Checkpoint folder (d3rlpy ``save_model`` + resume state), swapped in atomically."""
     import torch
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    from qtkit.checkpoint import atomic_directory
+
+    with atomic_directory(directory) as tmp:
         setup.algo.save_model(str(tmp / "model.d3"))
         torch.save(state, tmp / "state.pt")
         (tmp / "peer.json").write_text(json.dumps({"peer": setup.peer.name, "params": setup.params}, default=str))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _load(directory: Path, setup: _Setup) -> dict[str, Any]:
