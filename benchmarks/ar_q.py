@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/ar_q.py --device cpu --threads 1 --repeats 7
 
-Times ``critic.greedy(states)`` (D backbone passes of w+1 .. w+D tokens, batched over the states, no
-key/value cache) for D = 2, 3, 8 and ``--bins`` bins (256, the paper's) with the dt-gpt backbone
-(width 256, depth 4, 4 heads, MLP 1024) in eval mode, for batches of 1 and 10 states. For scale, the
-table also times one teacher-forced pass (``q_values``: all D dimensions in one w+D-token pass, the
-cost a key/value cache could approach). ``--train`` adds the critic's training step (bootstrap + loss
-+ backward) on B x K windows. Prints a Markdown table of medians over ``--repeats`` rounds.
+Times ``critic.greedy(states)`` both ways in one run, rounds alternating: with the backbone's key/value
+cache (``gpt2.forward_cached``: one pass over the w+1 first tokens, then one token per dimension) and
+with the recompute path (``use_kv_cache = False``: D backbone passes of w+1 .. w+D tokens), for D = 2, 3,
+8 and ``--bins`` bins (256, the paper's) with the dt-gpt backbone (width 256, depth 4, 4 heads, MLP 1024)
+in eval mode, for batches of 1 and 10 states. The two paths' bins are checked identical first. For scale,
+the table also times one teacher-forced pass (``q_values``: all D dimensions in one w+D-token pass).
+``--no-cache`` times the recompute path alone. ``--train`` adds the critic's training step (bootstrap +
+loss + backward) on B x K windows. Prints a Markdown table of medians over ``--repeats`` rounds.
 """
 
 from __future__ import annotations
@@ -65,6 +67,38 @@ def time_per_call(fn: Callable[[], Any], device: str, repeats: int, calls: int) 
     return statistics.median(rounds)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: str, repeats: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds (same load for all)."""
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for fn in fns.values():
+        for _ in range(max(3, calls // 5)):
+            fn()
+    sync()
+    rounds: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fns[name]()
+            sync()
+            rounds[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(t) for name, t in rounds.items()}
+
+
+def greedy_fn(critic: ARQCritic, states: torch.Tensor, cache: bool) -> Callable[[], Any]:
+    """``critic.greedy(states)`` with (``cache``) or without the key/value cache."""
+
+    def call() -> Any:
+        critic.use_kv_cache = cache
+        return critic.greedy(states)
+
+    return call
+
+
 def train_step_fn(critic: ARQCritic, B: int, K: int, device: str) -> Callable[[], Any]:
     gen = torch.Generator().manual_seed(0)
     obs = torch.randn(B, K, critic.obs_dim, generator=gen)
@@ -102,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--mlp-dim", type=int, default=1024)
+    parser.add_argument("--no-cache", action="store_true", help="time the recompute path only (no KV cache)")
     parser.add_argument("--train", action="store_true", help="also time a critic training step on B x K windows")
     parser.add_argument("--train-batch", type=int, nargs=2, default=[256, 20], metavar=("B", "K"))
     args = parser.parse_args(argv)
@@ -117,19 +152,39 @@ def main(argv: list[str] | None = None) -> None:
         if device == "cuda":
             print(f"# cuda: {torch.cuda.get_device_name()}")
     print()
-    print("| device | D | states / call | greedy ms / call | actions / s | one q_values pass ms | greedy / pass |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    if args.no_cache:
+        print("| device | D | states / call | greedy ms / call (recompute) | actions / s | one q_values pass ms | "
+              "greedy / pass |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("| device | D | states / call | KV cache: greedy ms | actions / s | recompute: greedy ms | actions / s | "
+              "speed-up | one q_values pass ms | cached / pass |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for device in devices:
         for dims in args.dims:
             critic = make_critic(dims, args, device)
             for batch in args.batches:
                 states = torch.randn(batch, args.state_window, critic.obs_dim, device=device)
                 bins = torch.zeros(batch, dims, dtype=torch.long, device=device)
+                fns = {"recompute": greedy_fn(critic, states, False),
+                       "pass": lambda c=critic, s=states, b=bins: c.q_values(s, b)}
+                if not args.no_cache:
+                    fns["cache"] = greedy_fn(critic, states, True)
                 with torch.no_grad():
-                    greedy = time_per_call(lambda c=critic, s=states: c.greedy(s), device, args.repeats, args.calls)
-                    single = time_per_call(lambda c=critic, s=states, b=bins: c.q_values(s, b), device, args.repeats, args.calls)
-                print(f"| {device} | {dims} | {batch} | {greedy * 1e3:,.2f} | {batch / greedy:,.0f} | "
-                      f"{single * 1e3:,.2f} | {greedy / single:.1f}x |", flush=True)
+                    if not args.no_cache:  # the two paths agree before they are timed
+                        (b_cache, q_cache), (b_plain, q_plain) = fns["cache"](), fns["recompute"]()
+                        assert torch.equal(b_cache, b_plain), "cached and recompute decoding chose different bins"
+                        assert torch.allclose(q_cache, q_plain, rtol=0, atol=1e-4), (q_cache - q_plain).abs().max()
+                    t = time_interleaved(fns, device, args.repeats, args.calls)
+                plain, single = t["recompute"], t["pass"]
+                if args.no_cache:
+                    print(f"| {device} | {dims} | {batch} | {plain * 1e3:,.2f} | {batch / plain:,.0f} | "
+                          f"{single * 1e3:,.2f} | {plain / single:.1f}x |", flush=True)
+                else:
+                    cached = t["cache"]
+                    print(f"| {device} | {dims} | {batch} | {cached * 1e3:,.2f} | {batch / cached:,.0f} | "
+                          f"{plain * 1e3:,.2f} | {batch / plain:,.0f} | {plain / cached:.2f}x | {single * 1e3:,.2f} | "
+                          f"{cached / single:.1f}x |", flush=True)
     if args.train:
         B, K = args.train_batch
         print()

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/training.py --threads 2                  # reference size (batch 256, K 20, 256/4/4)
     .venv/bin/python benchmarks/training.py --sizes small --threads 2    # width 128, 3 layers, 1 head, batch 64
     .venv/bin/python benchmarks/training.py --sizes reference,small --what training
+    .venv/bin/python benchmarks/training.py --sizes reference,small --what qtransformer --threads 1
 
 Training: both agents are built with ``qtkit.build`` (reference = the presets' defaults; small =
 backbone width 128 / depth 3 / heads 1 / MLP 512, batch 64), prepared and given their optimizers
@@ -29,6 +30,13 @@ step, the same batches; ratios are medians of per-step ratios against ``plain``)
   change to ``QTAgent.train_step``);
 - ``fast+ema+fused``: also fused AdamW (``create_optimizer_v2(..., fused=True)``; proposed change
   to ``QTAgent._make_optimizers``).
+
+``--what qtransformer`` times ``qtransformer`` (the ``ar-q`` critic alone: bootstrap, target pass, loss,
+backward, AdamW, polyak) against ``qt-gpt-nstep`` with the same backbone size, on the same data, steps of
+four agents alternating in one process (order rotated every round): each preset at its own batch and
+context (``qt-gpt-nstep``: the size's B x K, 256 x 20 or 64 x 20; ``qtransformer``: its preset's 128 x 8
+at both sizes) and each at the other's B x K (a matched batch of windows). The ratio columns are medians
+of per-round ratios against ``qt-gpt-nstep`` at the same B x K and at its own defaults.
 
 ``--malloc tuned`` (default) keeps glibc from returning big freed blocks to the kernel (see
 benchmarks/backbones.py); ``--malloc default`` to compare. Report ``/proc/loadavg`` with the figures:
@@ -80,9 +88,12 @@ def synthetic_dataset(episodes: int, seed: int = 0, obs_dim: int = 11, act_dim: 
     return TrajectoryDataset.from_episodes(out, metadata={"dataset_id": "synthetic-hopper"})
 
 
-def build(preset: str, size: str, dataset: TrajectoryDataset, device: str, **extra: Any) -> Any:
-    """An agent set up as ``fit`` does before its first step."""
-    agent = qtkit.build(preset, dataset=dataset, device=device, **SIZES[size], **extra)
+def build(preset: str, size: str, dataset: TrajectoryDataset, device: str, preset_batch: bool = False,
+          **extra: Any) -> Any:
+    """An agent set up as ``fit`` does before its first step; ``preset_batch``: keep the preset's own batch
+    size (not the size's); ``extra`` overrides last (e.g. ``batch_size``, ``context``)."""
+    size_overrides = {k: v for k, v in SIZES[size].items() if not (preset_batch and k == "batch_size")}
+    agent = qtkit.build(preset, dataset=dataset, device=device, **{**size_overrides, **extra})
     agent.prepare(dataset)
     agent.to(agent.resolve_device())
     agent._make_optimizers(agent.train_config.steps)
@@ -197,6 +208,54 @@ def time_training(size: str, dataset: TrajectoryDataset, args: argparse.Namespac
     return rows
 
 
+def time_qtransformer(size: str, dataset: TrajectoryDataset, args: argparse.Namespace) -> list[str]:
+    """``qtransformer`` vs ``qt-gpt-nstep`` training steps, each at its own and at the other's batch x context."""
+    qt = build("qt-gpt-nstep", size, dataset, args.device)
+    qtr = build("qtransformer", size, dataset, args.device, preset_batch=True)
+    qt_bk = (qt.train_config.batch_size, qt.train_config.context)
+    qtr_bk = (qtr.train_config.batch_size, qtr.train_config.context)
+    agents = {
+        ("qt-gpt-nstep", "own"): qt,
+        ("qtransformer", "own"): qtr,
+        ("qtransformer", "matched"): build("qtransformer", size, dataset, args.device, batch_size=qt_bk[0],
+                                           context=qt_bk[1]),
+        ("qt-gpt-nstep", "matched"): build("qt-gpt-nstep", size, dataset, args.device, batch_size=qtr_bk[0],
+                                           context=qtr_bk[1]),
+    }
+
+    def shape(agent: Any) -> tuple[int, int]:
+        return agent.train_config.batch_size, agent.train_config.context
+
+    baseline = {shape(a): key for key, a in agents.items() if key[0] == "qt-gpt-nstep"}  # B x K -> qt-gpt-nstep
+    gen = np.random.default_rng(4)
+    gflop = {key: step_gflop(agent, batch_for(agent, dataset, gen)) for key, agent in agents.items()}
+    times: dict[Any, list[float]] = {key: [] for key in agents}
+    keys = list(agents)
+    for i in range(args.warmup + args.repeats):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:  # rotate the order every round
+            agent = agents[key]
+            batch = batch_for(agent, dataset, gen)
+            sync(agent.device)
+            start = time.perf_counter()
+            agent.train_step(batch)
+            sync(agent.device)
+            if i >= args.warmup:
+                times[key].append(time.perf_counter() - start)
+    own_qt = times[("qt-gpt-nstep", "own")]
+    rows = []
+    for key, agent in agents.items():
+        sec = statistics.median(times[key])
+        b, k = shape(agent)
+        same = statistics.median(t / q for t, q in zip(times[key], times[baseline[(b, k)]], strict=True))
+        vs_own = statistics.median(t / q for t, q in zip(times[key], own_qt, strict=True))
+        rows.append(
+            f"| {size} | {key[0]} | {b} x {k} ({key[1]}) | {describe(agent).split(', ')[-1]} | {1 / sec:.3f} | "
+            f"{1000 * sec:.0f} | {1000 * min(times[key]):.0f} | {b * k / sec:,.0f} | {gflop[key]:.1f} | "
+            f"{gflop[key] / sec:.0f} | {same:.2f} | {vs_own:.2f} |"
+        )
+    return rows
+
+
 def time_inference(size: str, dataset: TrajectoryDataset, args: argparse.Namespace) -> list[str]:
     from qtkit.agents.evaluation import Rollout
 
@@ -287,7 +346,8 @@ def main() -> None:
                         help="untimed steps per agent first (glibc's heap takes ~3 steps to settle)")
     parser.add_argument("--sizes", default="reference", help="comma-separated: reference, small")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    parser.add_argument("--what", default="training,inference", help="comma-separated: training, inference, compare")
+    parser.add_argument("--what", default="training,inference",
+                        help="comma-separated: training, inference, compare, qtransformer")
     parser.add_argument("--envs", type=int, default=10, help="inference: parallel environments")
     parser.add_argument("--candidates", type=int, default=50, help="inference: rtg-grid rows per env")
     parser.add_argument("--inference-steps", type=int, default=10, help="inference: timed act() calls")
@@ -314,6 +374,13 @@ def main() -> None:
         print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
         for size in sizes:
             for row in time_training(size, dataset, args):
+                print(row, flush=True)
+    if "qtransformer" in what:
+        print("\n| size | preset | B x K | backbone | steps/s | ms/step (median) | ms/step (best) | positions/s | "
+              "GFLOP/step | GFLOP/s | time / qt-gpt-nstep, same B x K | time / qt-gpt-nstep, its defaults |")
+        print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for size in sizes:
+            for row in time_qtransformer(size, dataset, args):
                 print(row, flush=True)
     if "inference" in what:
         print("\n| size | config | sampler | envs x rows | device | actions/s | ms/act (median) | ms/act (best) |")

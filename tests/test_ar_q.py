@@ -205,6 +205,7 @@ class TableCritic(ARQCritic):
     """Per-dimension Q from a known joint table: ``Q_d(s, a^{1:d-1}, b) = max over the remaining dims``."""
 
     table: torch.Tensor  # [B, bins, ..., bins] (D bin axes)
+    use_kv_cache = False  # decode through next_q (the cached path would bypass this override)
 
     def next_q(self, states: torch.Tensor, prefix: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         values = self.table[(torch.arange(self.table.shape[0]), *prefix.unbind(-1))]  # [B, bins, ...]
@@ -540,3 +541,62 @@ def test_window_loss_with_padding_history_and_bf16_autocast() -> None:
     assert loss16.dtype == torch.float32 and abs(float(loss16.detach()) - float(loss.detach())) < 0.1 * float(loss.detach())
     loss16.backward()
     assert value.shape == (critic.heads, 2, 4) and value[:, mask].isfinite().all()
+
+
+# ----------------------------------------------------------------------------- speed paths of the loss
+def reference_loss(
+    critic: ARQCritic, batch: Batch, targets: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss as first written: a full target pass (Q̄_1 included) and a one-hot conservative mask."""
+    from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
+
+    hist, hist_mask, bins, last, returns = critic._select(batch.observations, batch.actions, targets, valid, batch)
+    with torch.no_grad():
+        q_target = critic._teacher_forced(critic.target_net, hist, hist_mask, bins).amin(0).float()
+        y = autoregressive_targets(q_target, last.float())
+        if returns is not None:
+            y = mc_lower_bound(y, returns.float().unsqueeze(-1).expand_as(y))
+    q = critic._teacher_forced(critic.net, hist, hist_mask, bins).float()
+    q_data = q.gather(-1, bins.unsqueeze(0).expand(critic.heads, -1, -1).unsqueeze(-1)).squeeze(-1)
+    loss = (0.5 * ((q_data - y) ** 2).sum(-1).mean(-1)).sum()
+    others = 1.0 - torch.nn.functional.one_hot(bins, critic.bins).to(q.dtype)
+    gap = (q - critic.floor_value) ** 2
+    conservative = 0.5 * ((gap * others).sum(-1) / (critic.bins - 1)).sum(-1).mean(-1)
+    loss = loss + critic.conservative_weight * conservative.sum()
+    metrics = {"conservative_loss": conservative.sum().detach(), "target_mean": y[:, -1].mean(),
+               "q_ood_mean": (q.detach() * others).sum() / (others.sum() * critic.heads)}
+    return loss, metrics
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"act_dim": 1, "action_low": [-1.0], "action_high": [1.0]}, {"heads": 1, "dueling": True},
+     {"state_window": 3, "floor": -0.7, "conservative_weight": 0.5}, {"mc_lower_bound": False, "floor": 0.3}],
+)
+def test_loss_equals_the_plain_computation(params: dict[str, Any]) -> None:
+    """The target pass without Q̄_1's last layer and the scatter-based conservative term give the same
+    loss, metrics and gradients as a full target pass and a one-hot mask."""
+    act_dim = params.get("act_dim", ACT)
+    critic = make_critic(bins=7, **params).train()  # dropout 0
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    actions = random_actions(3, 5, seed=2, margin=0.0)[..., :act_dim]
+    batch = make_batch(3, 5, seed=6, mask=mask, returns=torch.rand(3, 5), actions=actions)
+    backup = backup_component("nstep-mc-max", n=2)
+    next_values, next_valid = critic.bootstrap(batch.observations, batch.next_observations, None, batch.mask)
+    targets, valid = backup(batch, next_values, next_valid)
+    grads = []
+    for fn in (reference_loss, lambda c, b, t, v: c.loss(b.observations, b.actions, t, v, batch=b)):
+        critic.net.zero_grad(set_to_none=True)
+        loss, metrics = fn(critic, batch, targets, valid)
+        loss.backward()
+        grads.append((loss.detach(), metrics, [p.grad.clone() for p in critic.net.parameters() if p.grad is not None]))
+    (want, want_metrics, want_grads), (got, got_metrics, got_grads) = grads
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for key in want_metrics:
+        torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert len(got_grads) == len(want_grads)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    y = critic.dimension_targets(batch.observations, batch.actions, targets, valid, batch)
+    assert y.shape == (3, 5, act_dim)

@@ -186,6 +186,26 @@ def test_default_is_the_reference_gpt_size(name: str) -> None:
         assert abs(n_params - matrices) / matrices < 0.02
 
 
+@pytest.mark.parametrize("split", [[N], [1] * N, [3, 1, 1, 2], [2, 5]])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_forward_cached_matches_forward(name: str, split: list[int], with_mask: bool) -> None:
+    """A backbone that advertises ``supports_kv_cache`` decodes incrementally: ``forward_cached`` over any
+    split of the tokens into calls gives ``forward``'s outputs (padded histories included)."""
+    model = sensitive(small(name))
+    assert isinstance(getattr(model, "supports_kv_cache", None), bool)
+    if not model.supports_kv_cache:
+        pytest.skip(f"{name} has no key/value cache")
+    x, mask = tokens(), padding_mask() if with_mask else None
+    with torch.no_grad():
+        full = model(x, mask)
+        cache, outs, start = None, [], 0
+        for n in split:
+            out, cache = model.forward_cached(x[:, start:start + n], cache, None if mask is None else mask[:, start:start + n])
+            outs.append(out)
+            start += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=0, atol=1e-5)
+
+
 def test_attention_mask_helper() -> None:
     mask = torch.tensor([[False, True, True], [True, True, False]])
     causal = attention_mask(mask, causal=True)[:, 0]

@@ -28,6 +28,9 @@ class Backbone(nn.Module):
     #: Whether ``forward`` takes ``positions=`` (see :func:`hidden_at`); a backbone that does computes
     #: its last layer for those query positions only (the same outputs as indexing the full result).
     supports_positions: bool = False
+    #: Whether the backbone has the incremental decoding API ``forward_cached(tokens_new, cache, mask_new)
+    #: -> (hidden_new, cache)`` (a key/value cache; causal backbones only), e.g. :class:`GPT2Backbone`.
+    supports_kv_cache: bool = False
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover
         """``tokens [B, N, W]``, ``mask [B, N]`` bool (True = valid) -> hidden ``[B, N, W]``."""

@@ -14,19 +14,26 @@ no padding on CPU takes the unmasked ``is_causal`` kernels, and ``forward(..., p
 the last block's queries, attention output, MLP and final LayerNorm only at the tokens a caller reads
 (keys and values still at every token): e.g. the GPT policy reads the state (and action) tokens,
 never the return-to-go tokens, and a rollout reads one token per row.
+
+Incremental decoding (``supports_kv_cache``): :meth:`GPT2Backbone.forward_cached` feeds new tokens
+after the ones already seen, whose per-layer keys and values (and validity mask) a :class:`KVCache`
+keeps, and returns the new tokens' hidden states, equal to the full forward's at those positions
+(``tests/test_kv_cache.py``, ``tests/test_contract_backbone.py``). The ``ar-q`` critic decodes its
+D action dimensions this way: D calls of 1 new token instead of D passes over w+1 .. w+D tokens.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads, dropout, zero_padding
-from qtkit.errors import ConfigError
+from qtkit.errors import ConfigError, ShapeMismatchError
 from qtkit.registry import register
 
 #: MLP activations.
@@ -63,14 +70,33 @@ class SelfAttention(nn.Module):
             q = F.linear(x[:, positions], weight[:w], bias[:w]).view(b, -1, self.heads, d).transpose(1, 2)
             kv = F.linear(x, weight[w:], bias[w:]).view(b, n, 2, self.heads, d)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        m = q.shape[2]
+        return self.output(self.attend(q, k, v, attn_mask, is_causal))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        """Attention of ``q [B, H, M, D]`` over ``k, v [B, H, N, D]`` (dropout in training) -> ``[B, H, M, D]``.
+
+        ``is_causal`` only with ``M == N`` (SDPA aligns its causal mask top-left)."""
         p = self.attn_dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
-            y = attention_with_dropout(q, k, v, attn_mask, is_causal, p)
-        else:  # fused kernels (flash / memory-efficient on CUDA, flash on CPU)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(b, m, w)
-        return self.resid_dropout(self.proj(y))
+        if p > 0.0 and q.device.type == "cpu":
+            return attention_with_dropout(q, k, v, attn_mask, is_causal, p)
+        # fused kernels (flash / memory-efficient on CUDA, flash on CPU)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
+
+    def output(self, y: Tensor) -> Tensor:
+        """Merge the heads and project: ``[B, H, M, D]`` -> ``[B, M, W]``."""
+        b, _, m, _ = y.shape
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, m, -1)))
+
+    def forward_cached(
+        self, x: Tensor, past_k: Tensor | None, past_v: Tensor | None, attn_mask: Tensor | None, is_causal: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """New tokens ``x [B, n, W]`` after ``L`` cached ones (``past_k, past_v [B, H, L, D]`` or None) ->
+        ``(out [B, n, W], keys [B, H, L+n, D], values [B, H, L+n, D])``; ``attn_mask [B, 1, n, L+n]`` or None."""
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if past_k is not None and past_v is not None:
+            k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+        return self.output(self.attend(q, k, v, attn_mask, is_causal)), k, v
 
 
 def attention_with_dropout(
@@ -110,6 +136,42 @@ class Block(nn.Module):
         x = x + h if positions is None else x[:, positions] + h
         return x + self.mlp(self.ln_2(x))
 
+    def forward_cached(
+        self, x: Tensor, past_k: Tensor | None, past_v: Tensor | None, attn_mask: Tensor | None, is_causal: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """New tokens ``x [B, n, W]`` after the cached ones -> ``(x [B, n, W], keys, values)`` (all tokens')."""
+        h, k, v = self.attn.forward_cached(self.ln_1(x), past_k, past_v, attn_mask, is_causal)
+        x = x + h
+        return x + self.mlp(self.ln_2(x)), k, v
+
+
+@dataclass
+class KVCache:
+    """What :meth:`GPT2Backbone.forward_cached` keeps of the ``L`` tokens it has seen.
+
+    ``keys[l]``, ``values[l]``: layer l's keys and values ``[B, heads, L, width / heads]``; ``mask``: the
+    cached tokens' validity ``[B, L]`` bool (None = all valid; a padded token is only seen by itself).
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    mask: Tensor | None
+
+    @property
+    def length(self) -> int:
+        """Number of cached tokens ``L``."""
+        return int(self.keys[0].shape[2])
+
+    @property
+    def batch_size(self) -> int:
+        """Rows ``B``."""
+        return int(self.keys[0].shape[0])
+
+    def select(self, rows: Tensor) -> KVCache:
+        """The cache of a subset (or a repetition) of rows: ``rows [B'] long`` -> a cache of ``B'`` rows."""
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values],
+                       None if self.mask is None else self.mask[rows])
+
 
 @register("backbone", "gpt2")
 class GPT2Backbone(Backbone):
@@ -119,10 +181,12 @@ class GPT2Backbone(Backbone):
     QT/DT scripts' ``--activation_function`` default), ``gelu`` or ``gelu_tanh`` (GPT-2's own).
     ``max_len > 0`` adds a learned positional embedding for up to ``max_len`` tokens (off by
     default: the policies add timestep embeddings). ``causal=False`` makes it an encoder.
-    ``forward(tokens, mask, positions=...)`` computes the last layer at the given tokens only.
+    ``forward(tokens, mask, positions=...)`` computes the last layer at the given tokens only;
+    ``forward_cached`` decodes incrementally with a key/value cache (causal only).
     """
 
     supports_positions = True
+    supports_kv_cache = True
 
     def __init__(
         self,
@@ -203,3 +267,63 @@ class GPT2Backbone(Backbone):
                 query_mask = None
             x = self.blocks[-1](x, query_mask, False, positions)
         return self.ln_f(x)
+
+    def forward_cached(
+        self, tokens: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
+        """Incremental forward: ``tokens [B, n, W]`` (n >= 1) follow the ``L`` tokens in ``cache`` (None: L = 0).
+
+        ``mask [B, n]`` bool marks the new tokens' validity (None = all valid); the cache keeps every
+        layer's keys and values and the validity of all ``L + n`` tokens. Returns ``(hidden [B, n, W],
+        cache)`` with ``hidden`` equal to ``forward(all L + n tokens, their mask)[:, L:]`` (one call over
+        every token, several calls of one token each, or anything between). The given cache is not
+        modified. Dropout applies as in :meth:`forward` (so decode in eval mode). Causal backbones only.
+        """
+        if not self.causal:
+            raise ConfigError("backbone 'gpt2': forward_cached needs a causal backbone (an encoder's earlier "
+                              "tokens would see the later ones); set causal: true.")
+        self.check_inputs(tokens, mask)
+        b, n = tokens.shape[:2]
+        past = 0 if cache is None else cache.length
+        if cache is not None and cache.batch_size != b:
+            raise ShapeMismatchError(f"backbone 'gpt2': the cache holds {cache.batch_size} rows, tokens have {b}.")
+        if n == 0:
+            raise ShapeMismatchError("backbone 'gpt2': forward_cached needs at least one new token.")
+        if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
+            mask = None  # nothing padded among the new tokens (CPU: no sync)
+        x = zero_padding(tokens, mask)
+        if self.pos_emb is not None:
+            if past + n > self.max_len:
+                raise ConfigError(f"backbone 'gpt2': {past + n} tokens exceed max_len={self.max_len}; raise max_len.")
+            x = x + self.pos_emb[past:past + n]
+        x = self.drop(x)
+        # Validity of every token seen so far, [B, L + n] (None: all valid).
+        past_mask = None if cache is None else cache.mask
+        if past_mask is None and mask is None:
+            valid = None
+        else:
+            old = past_mask if past_mask is not None else torch.ones(b, past, dtype=torch.bool, device=x.device)
+            new = mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+            valid = torch.cat((old, new), dim=1)
+        # New query i (token L + i) sees valid keys j <= L + i, and always itself.
+        attn_mask: Tensor | None = None
+        is_causal = False
+        if valid is not None:
+            query = torch.arange(past, past + n, device=x.device).unsqueeze(-1)  # [n, 1]
+            key = torch.arange(past + n, device=x.device)  # [L + n]
+            allowed = (valid[:, None, None, :] & (key <= query)) | (key == query)  # [B, 1, n, L + n]
+            attn_mask = allowed
+        elif n > 1:
+            if past == 0:
+                is_causal = True
+            else:
+                query = torch.arange(past, past + n, device=x.device).unsqueeze(-1)
+                attn_mask = torch.arange(past + n, device=x.device) <= query  # [n, L + n]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            past_k = None if cache is None else cache.keys[i]
+            past_v = None if cache is None else cache.values[i]
+            x, k, v = block.forward_cached(x, past_k, past_v, attn_mask, is_causal)
+            keys.append(k)
+            values.append(v)
+        return self.ln_f(x), KVCache(keys, values, valid)

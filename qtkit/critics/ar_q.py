@@ -19,6 +19,11 @@ State inputs come in three forms (``obs`` = observation size, standardised like 
   start are padding). With ``state_window = 1`` this is simply one state per position, so
   candidates ``[E, N, obs]`` with ``[E, N, act]`` are scored independently as well.
 
+Decoding (:meth:`ARQCritic.decode`, :meth:`ARQCritic.greedy`) uses the backbone's key/value cache when it
+has one (``supports_kv_cache``, e.g. ``gpt2``): one incremental call per dimension over 1 new token (the
+first over the w' state tokens and x_1), instead of D passes over w'+1 .. w'+D tokens; the results are
+the same (``tests/test_kv_cache.py``).
+
 The agent calls :meth:`ARQCritic.prepare` once with the training dataset (before training): it
 resolves ``floor="auto"`` and checks a numeric floor. The resolved floor is a buffer, so it is
 saved and loaded with the weights.
@@ -81,24 +86,63 @@ class ARQNet(nn.Module):
         m = bins.shape[1]
         return self.bin_embed[torch.arange(m, device=bins.device), bins]
 
-    def forward(self, hist: Tensor, hist_mask: Tensor | None, action_tokens: Tensor, last_only: bool = False) -> Tensor:
-        """Q over bins at every action token (or the last one): ``[H, N, n, bins]`` (``[H, N, bins]`` if last_only)."""
-        n_hist = hist.shape[1]
-        states = self.embed_state(hist) + self.state_pos[self.window - n_hist:]
-        x = self.embed_ln(torch.cat((states, action_tokens.to(states.dtype)), dim=1))
-        mask = None
-        if hist_mask is not None:
-            mask = torch.cat((hist_mask, hist_mask.new_ones(hist_mask.shape[0], action_tokens.shape[1])), dim=1)
-        n_tokens = x.shape[1]
-        first = n_tokens - 1 if last_only else n_hist  # only the read tokens' last layer is computed
-        positions = torch.arange(first, n_tokens, device=x.device)
-        hidden = hidden_at(self.backbone, x, mask, positions)  # [N, n or 1, W]
+    def embed_states(self, hist: Tensor) -> Tensor:
+        """State tokens (before the LayerNorm): ``hist [N, w', obs] -> [N, w', W]`` (the last ``w'`` history slots)."""
+        return self.embed_state(hist) + self.state_pos[self.window - hist.shape[1]:]
+
+    def q_head(self, hidden: Tensor) -> Tensor:
+        """Q over bins from the backbone's outputs: ``hidden [N, n, W] -> [H, N, n, bins]`` (dueling combined)."""
         out = self.head(hidden)
         out = out.view(*out.shape[:2], self.heads, -1).permute(2, 0, 1, 3)  # [H, N, n, bins(+1)]
         if self.dueling:
             value, advantage = out[..., :1], out[..., 1:]
             out = value + advantage - advantage.mean(dim=-1, keepdim=True)
+        return out
+
+    def forward(
+        self, hist: Tensor, hist_mask: Tensor | None, action_tokens: Tensor, last_only: bool = False, first: int = 0
+    ) -> Tensor:
+        """Q over bins at the action tokens ``first..n-1`` (or the last one): ``[H, N, n - first, bins]``
+        (``[H, N, bins]`` if last_only); the backbone's last layer runs at those tokens only."""
+        n_hist = hist.shape[1]
+        states = self.embed_states(hist)
+        x = self.embed_ln(torch.cat((states, action_tokens.to(states.dtype)), dim=1))
+        mask = None
+        if hist_mask is not None:
+            mask = torch.cat((hist_mask, hist_mask.new_ones(hist_mask.shape[0], action_tokens.shape[1])), dim=1)
+        n_tokens = x.shape[1]
+        start = n_tokens - 1 if last_only else n_hist + first  # only the read tokens' last layer is computed
+        positions = torch.arange(start, n_tokens, device=x.device)
+        hidden = hidden_at(self.backbone, x, mask, positions)  # [N, n or 1, W]
+        out = self.q_head(hidden)
         return out[:, :, 0] if last_only else out
+
+    # ------------------------------------------------------------------ incremental decoding (KV cache)
+    def decode_start(self, hist: Tensor, hist_mask: Tensor | None) -> tuple[Tensor, Any]:
+        """First decoding call: the state tokens and x_1 through ``backbone.forward_cached``.
+
+        ``hist [N, w', obs]``, ``hist_mask [N, w'] | None`` -> ``(Q_1 [H, N, bins], cache)``; the backbone must
+        have ``supports_kv_cache``. Equal to ``forward(hist, hist_mask, action_tokens(empty), last_only=True)``.
+        """
+        states = self.embed_states(hist)
+        first = self.action_tokens(states.new_zeros(states.shape[0], 0, states.shape[-1]))  # [N, 1, W]
+        x = self.embed_ln(torch.cat((states, first.to(states.dtype)), dim=1))
+        mask = None
+        if hist_mask is not None:
+            mask = torch.cat((hist_mask, hist_mask.new_ones(hist_mask.shape[0], 1)), dim=1)
+        hidden, cache = self.backbone.forward_cached(x, None, mask)
+        return self.q_head(hidden[:, -1:])[:, :, 0], cache
+
+    def decode_step(self, chosen: Tensor, dim: int, cache: Any) -> tuple[Tensor, Any]:
+        """Feed dimension ``dim - 1``'s chosen bins and read dimension ``dim`` (0-based, ``1 <= dim < D``).
+
+        ``chosen [N] long`` -> ``(Q_{dim+1} [H, N, bins], cache)``: one new token,
+        ``x_{dim+1} = bin_embed[dim-1][chosen] + dim_embed[dim]``, through ``backbone.forward_cached``.
+        """
+        token = self.bin_embed[dim - 1][chosen] + self.dim_embed[dim]  # [N, W], as action_tokens builds it
+        x = self.embed_ln(token.unsqueeze(1))
+        hidden, cache = self.backbone.forward_cached(x, cache, None)
+        return self.q_head(hidden)[:, :, 0], cache
 
 
 @register("critic", "ar-q")
@@ -112,6 +156,9 @@ class ARQCritic(nn.Module):
     """
 
     needs_policy_actions = False
+    #: :meth:`decode` uses the backbone's key/value cache when it ``supports_kv_cache``; False forces the
+    #: recompute path (one :meth:`next_q` pass per dimension), e.g. to compare the two.
+    use_kv_cache: bool = True
 
     def __init__(
         self,
@@ -307,7 +354,7 @@ class ARQCritic(nn.Module):
 
         ``states [B, obs]`` or a history ``[B, w', obs]`` (``mask [B, w']``), ``prefix [B, d]`` long with
         ``0 <= d < D`` -> ``[B, bins]``. One backbone pass over ``w' + d + 1`` tokens (the prefix is recomputed,
-        no key/value cache: sequences are at most w + D tokens long).
+        no key/value cache; :meth:`decode` uses one when the backbone has it).
         """
         hist, hist_mask, _ = self._rows(states, 0, mask)
         tokens = self.net.action_tokens(self.net.bin_embeddings(prefix.reshape(hist.shape[0], prefix.shape[-1])))
@@ -315,13 +362,19 @@ class ARQCritic(nn.Module):
 
     @torch.no_grad()
     def decode(self, states: Tensor, mask: Tensor | None = None, choose: Chooser | None = None) -> tuple[Tensor, Tensor]:
-        """Autoregressive decoding: for d = 1..D pick a bin from :meth:`next_q` and feed it back.
+        """Autoregressive decoding: for d = 1..D pick a bin from Q_d (min over the online heads) and feed it back.
 
         ``states [B, obs]`` or a history ``[B, w', obs]`` (``mask [B, w']``); ``choose(q [B, bins], d) -> [B]``
-        (default argmax). Returns ``(bins [B, D] long, q [B])``: q is the last dimension's Q at its chosen
-        bin. Cost: D backbone passes of w+1 .. w+D tokens, batched over B.
+        (default argmax; called once per dimension, in order). Returns ``(bins [B, D] long, q [B])``: q is the
+        last dimension's Q at its chosen bin. With a backbone that ``supports_kv_cache`` (and
+        :attr:`use_kv_cache`): one pass over the w'+1 first tokens, then one token per dimension (the compute of
+        about one full pass; with few states each step is bound by reading the weights); otherwise D
+        :meth:`next_q` passes of w'+1 .. w'+D tokens. Batched over B. Same bins and q either way.
         """
-        batch = states.shape[0] if states.ndim > 1 else 1
+        hist, hist_mask, _ = self._rows(states, 0, mask)
+        if self.use_kv_cache and getattr(self.net.backbone, "supports_kv_cache", False):
+            return self._decode_cached(self.net, hist, hist_mask, choose)
+        batch = hist.shape[0]
         prefix = torch.zeros(batch, 0, dtype=torch.long, device=states.device)
         value = torch.zeros(batch, device=states.device)
         for d in range(self.act_dim):
@@ -330,6 +383,22 @@ class ARQCritic(nn.Module):
             value = q.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
             prefix = torch.cat((prefix, chosen.unsqueeze(-1)), dim=-1)
         return prefix, value
+
+    def _decode_cached(
+        self, net: ARQNet, hist: Tensor, hist_mask: Tensor | None, choose: Chooser | None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`decode` with ``net``'s backbone key/value cache: ``hist [B, w', obs]`` -> ``(bins [B, D], q [B])``."""
+        chosen_bins = []
+        q_heads, cache = net.decode_start(hist, hist_mask)  # [H, B, bins]
+        value = torch.zeros(hist.shape[0], device=hist.device)
+        for d in range(self.act_dim):
+            if d > 0:
+                q_heads, cache = net.decode_step(chosen_bins[-1], d, cache)
+            q = q_heads.amin(0).float()  # [B, bins]
+            chosen = q.argmax(dim=-1) if choose is None else choose(q, d).to(device=q.device, dtype=torch.long)
+            value = q.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            chosen_bins.append(chosen)
+        return torch.stack(chosen_bins, dim=-1), value
 
     def greedy(self, states: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Greedy action: ``a^i = argmax_b Q_i(s, a^{1:i-1}, b)`` for i = 1..D (online net, min over heads).
@@ -393,10 +462,20 @@ class ARQCritic(nn.Module):
         return next_values, mask.clone()
 
     def _targets(self, hist: Tensor, hist_mask: Tensor | None, bins: Tensor, last: Tensor, returns: Tensor | None) -> Tensor:
-        """Per-dimension targets ``[N, D]`` from the target net's teacher-forced Q (min over heads)."""
+        """Per-dimension targets ``[N, D]`` from the target net's teacher-forced Q (min over heads).
+
+        Only ``Q̄_2 .. Q̄_D`` are read (``y_i = max_b Q̄_{i+1}``), so the target pass computes its last layer
+        and head at tokens 2..D only (none at all when D = 1).
+        """
         with torch.no_grad():
-            q_target = self._teacher_forced(self.target_net, hist, hist_mask, bins).amin(0).float()
-            y = autoregressive_targets(q_target, last.float())
+            last = last.float()
+            if self.act_dim == 1:
+                y = last.unsqueeze(-1)
+            else:
+                net = self.target_net
+                tokens = net.action_tokens(net.bin_embeddings(bins[:, :-1]))
+                q_next = net(hist, hist_mask, tokens, first=1).amin(0).float()  # [N, D-1, bins]: Q̄_2 .. Q̄_D
+                y = autoregressive_targets(F.pad(q_next, (0, 0, 1, 0)), last)  # row 0 (Q̄_1) is not read
             if returns is not None:
                 y = mc_lower_bound(y, returns.float().unsqueeze(-1).expand_as(y))
         return y
@@ -446,12 +525,16 @@ class ARQCritic(nn.Module):
         loss = td.sum()
         metrics = {"td_loss": td.sum().detach()}
         if self.conservative_weight > 0:
-            others = 1.0 - F.one_hot(bins, self.bins).to(q.dtype)  # [N, D, bins]
-            gap = (q - self._floor().to(q.dtype)) ** 2
-            conservative = 0.5 * ((gap * others).sum(-1) / (self.bins - 1)).sum(-1).mean(-1)  # [H]
+            # Q with the dataset bins set to the floor: their gap is exactly 0 (and so is their gradient).
+            # One [H, N, D, bins] copy instead of a one-hot mask, its complement and a masked product.
+            floor = self._floor().to(q.dtype)
+            others_q = q.scatter(-1, index, floor.expand(index.shape))
+            gap = (others_q - floor) ** 2
+            conservative = 0.5 * (gap.sum(-1) / (self.bins - 1)).sum(-1).mean(-1)  # [H]
             loss = loss + self.conservative_weight * conservative.sum()
             metrics["conservative_loss"] = conservative.sum().detach()
-            metrics["q_ood_mean"] = ((q.detach() * others).sum() / (others.sum() * self.heads))
+            count = q_data.numel()  # H * N * D positions, bins - 1 other bins each
+            metrics["q_ood_mean"] = (others_q.detach().sum() - floor * count) / (count * (self.bins - 1))
         metrics.update({
             "critic_loss": loss.detach(),
             "q_mean": q_data[..., -1].detach().mean(),
