@@ -105,6 +105,10 @@ def _env_factory(env: Any, agent: Any) -> tuple[Callable[[], Any] | None, Any]:
             )
     if isinstance(env, str):
         spec: Any = env
+        if "gymnasium_robotics" in env or "Maze" in env:
+            from qtkit.data.loading import register_robotics_envs
+
+            register_robotics_envs()  # quietly, before gym.make imports it
         if env.lstrip().startswith("{"):
             from gymnasium.envs.registration import EnvSpec
 

@@ -413,6 +413,23 @@ def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> Trajec
 
 
 # -------------------------------------------------------------------------------------------- env
+def register_robotics_envs() -> None:
+    """Register gymnasium-robotics' envs (PointMaze...), without its import-time notice about Adroit
+    reward versions (printed to stderr; it concerns envs qtkit does not use)."""
+    import contextlib
+    import io
+    import sys
+
+    import gymnasium as gym
+
+    if "gymnasium_robotics" in sys.modules:
+        import gymnasium_robotics
+    else:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import gymnasium_robotics
+    gym.register_envs(gymnasium_robotics)
+
+
 def _make_by_id(env_id: str, name: str, **kwargs: Any) -> Any:
     import gymnasium as gym
 
@@ -420,9 +437,7 @@ def _make_by_id(env_id: str, name: str, **kwargs: Any) -> Any:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as first:
         try:  # maze / fetch / adroit envs are registered by gymnasium-robotics
-            import gymnasium_robotics
-
-            gym.register_envs(gymnasium_robotics)
+            register_robotics_envs()
             return gym.make(env_id, **kwargs)
         except Exception:
             raise DataError(

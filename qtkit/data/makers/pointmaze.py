@@ -44,10 +44,9 @@ def pointmaze_env_id(maze: str, reward: str) -> str:
 
 
 def _import_robotics() -> None:
-    import gymnasium as gym
-    import gymnasium_robotics
+    from qtkit.data.loading import register_robotics_envs
 
-    gym.register_envs(gymnasium_robotics)
+    register_robotics_envs()
 
 
 class WaypointExpert:
