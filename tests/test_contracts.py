@@ -60,3 +60,21 @@ class TestComponentContract:
     def test_signature_is_keyword_friendly(self, kind: str, name: str) -> None:
         for p in get_component(kind, name).signature.parameters.values():
             assert p.kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
+def test_soft_update_interpolates_parameters_and_copies_buffers() -> None:
+    import torch
+    from torch import nn
+
+    from qtkit.critics.base import soft_update
+
+    online, target = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        online.weight.fill_(1.0), target.weight.fill_(0.0)
+        online.running_mean.fill_(5.0)
+    soft_update(target, online, 0.0)
+    assert float(target.weight.sum()) == 0.0 and float(target.running_mean[0]) == 5.0
+    soft_update(target, online, 0.25)
+    torch.testing.assert_close(target.weight, torch.full((3,), 0.25))
+    soft_update(target, online, 1.0)
+    torch.testing.assert_close(target.weight, online.weight)

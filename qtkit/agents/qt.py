@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from qtkit.agents.base import Agent
+from qtkit.critics.base import soft_update
 from qtkit.data.batch import Batch
 from qtkit.errors import CheckpointError, ConfigError, ShapeMismatchError, TrainingError
 from qtkit.registry import register
@@ -297,10 +298,7 @@ class QTAgent(Agent):
         assert self.ema_policy is not None
         tc = self.train_config
         decay = tc.ema_decay if self.step >= tc.ema_start else 0.0
-        for ema, online in zip(self.ema_policy.parameters(), self.policy.parameters(), strict=True):
-            ema.lerp_(online, 1.0 - decay)
-        for ema, online in zip(self.ema_policy.buffers(), self.policy.buffers(), strict=True):
-            ema.copy_(online)
+        soft_update(self.ema_policy, self.policy, 1.0 - decay)
 
     def fit(
         self,

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import hidden_at
 from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
+from qtkit.critics.base import soft_update
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.registry import register
 
@@ -545,7 +546,4 @@ class ARQCritic(nn.Module):
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """Polyak update: target <- (1 - tau) * target + tau * online."""
-        for target, online in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
-            target.lerp_(online, tau)
-        for target, online in zip(self.target_net.buffers(), self.net.buffers(), strict=True):
-            target.copy_(online)
+        soft_update(self.target_net, self.net, tau)

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from qtkit.critics.base import soft_update
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
@@ -121,7 +122,4 @@ class TwinMLPCritic(nn.Module):
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """Polyak update: target <- (1 - tau) * target + tau * online."""
-        for target, online in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
-            target.lerp_(online, tau)
-        for target, online in zip(self.target_net.buffers(), self.net.buffers(), strict=True):
-            target.copy_(online)
+        soft_update(self.target_net, self.net, tau)
