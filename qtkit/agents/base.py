@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from qtkit.config import dump_yaml
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters every agent family has (a family's ``TrainConfig`` extends this and may
+    change defaults). The fields and their type hints are the schema of a preset's ``train`` section."""
+
+    steps: int = 100_000  # gradient steps of fit() when not given
+    batch_size: int = 256  # windows per batch
+    context: int = 20  # window length K
+    gamma: float = 0.99
+    rtg_scale: float = 1000.0  # return-to-go is divided by this before a sequence policy sees it
+    lr: float = 3.0e-4
+    weight_decay: float = 1.0e-4
+    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
+    scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = 9.0  # gradient-norm clip of the main update (None: off)
+    tau: float = 0.005  # soft update of the critic's target network, every step
+    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
+    eval_episodes: int = 10
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
+    tf32: bool = True  # allow TF32 matmuls on CUDA
+    compile: bool = False  # torch.compile the training forward passes
+    log_every: int = 100
 
 
 class Agent:

@@ -8,15 +8,15 @@ preset's backup, policy update, then target/EMA updates.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qtkit.agents.base import Agent
+from qtkit.agents.base import Agent, TrainConfig
 from qtkit.critics.base import soft_update
 from qtkit.data.batch import Batch
 from qtkit.errors import CheckpointError, ConfigError, ShapeMismatchError, TrainingError
@@ -24,37 +24,17 @@ from qtkit.registry import register
 
 
 @dataclass
-class QTTrainConfig:
-    """Training parameters of the QT family (the ``train`` section of a preset)."""
+class QTTrainConfig(TrainConfig):
+    """Training parameters of the QT family (the ``train`` section of a preset): the shared ones
+    (:class:`qtkit.agents.base.TrainConfig`) plus the policy/critic split, eta and the EMA policy."""
 
-    steps: int = 100_000  # gradient steps of fit() when not given
-    batch_size: int = 256
-    context: int = 20  # window length K
-    gamma: float = 0.99
     eta: float = 1.0  # weight of L_Q; 0 gives Decision Transformer
-    rtg_scale: float = 1000.0  # return-to-go is divided by this before the policy sees it
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-4
     critic_lr: float = 3.0e-4
     critic_weight_decay: float = 0.0
-    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
-    scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    grad_clip: float | None = 9.0  # policy gradient-norm clip (None: off)
     critic_grad_clip: float | None = None
-    tau: float = 0.005  # soft target update of the critic, every step
     ema_decay: float = 0.995  # EMA copy of the policy used for bootstrap actions
     ema_every: int = 5
     ema_start: int = 1000  # before this step the EMA copy tracks the policy exactly
-    seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
-    eval_episodes: int = 10
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
-    tf32: bool = True  # allow TF32 matmuls on CUDA
-    compile: bool = False  # torch.compile the policy and critic forward passes
-    log_every: int = 100
 
 
 def keep_freed_memory() -> bool:

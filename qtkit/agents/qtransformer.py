@@ -8,11 +8,12 @@ target. Fitting, evaluation, checkpoints and resuming are shared with the QT fam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from qtkit.agents.base import TrainConfig
 from qtkit.agents.qt import QTAgent
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
@@ -20,30 +21,16 @@ from qtkit.registry import register
 
 
 @dataclass
-class QTransformerTrainConfig:
-    """Training parameters of the Q-Transformer agent (the ``train`` section of a preset)."""
+class QTransformerTrainConfig(TrainConfig):
+    """Training parameters of the Q-Transformer agent: the shared ones (:class:`qtkit.agents.base.TrainConfig`)
+    with the critic's defaults. ``lr``, ``weight_decay`` and ``grad_clip`` are the critic's; ``rtg_scale``
+    only serves the rollout's return-to-go bookkeeping (the critic ignores it)."""
 
-    steps: int = 100_000  # gradient steps of fit() when not given
-    batch_size: int = 128  # windows per batch
-    context: int = 8  # window length K (the n-step sums stay inside a window: use K >= n)
-    gamma: float = 0.99
-    lr: float = 3.0e-4  # critic learning rate
+    batch_size: int = 128
+    context: int = 8  # the n-step sums stay inside a window: use K >= n
     weight_decay: float = 0.0
-    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
-    scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    grad_clip: float | None = 10.0  # critic gradient-norm clip (None: off)
-    tau: float = 0.005  # polyak update of the target network, every step
-    rtg_scale: float = 1.0  # only for the rollout's return-to-go bookkeeping (the critic ignores it)
-    seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
-    eval_episodes: int = 10
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
-    tf32: bool = True  # allow TF32 matmuls on CUDA
-    compile: bool = False  # torch.compile the critic's training loss
-    log_every: int = 100
+    grad_clip: float | None = 10.0
+    rtg_scale: float = 1.0
 
 
 @register("agent", "qtransformer")
