@@ -26,5 +26,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/qtkit demo --out runs/demo
 
+# Quick speed figures on this machine (full commands and recorded figures: benchmarks/RESULTS.md).
+bench: $(STAMP)
+	$(PY) benchmarks/windows.py
+	$(PY) benchmarks/backups.py --device cpu --threads 1 --repeats 3
+	$(PY) benchmarks/training.py --sizes small --threads 2 --repeats 3
+	$(PY) benchmarks/ar_q.py --device cpu --threads 1 --repeats 3 --calls 5
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -73,7 +73,7 @@ def test_soft_update_interpolates_parameters_and_copies_buffers() -> None:
         online.weight.fill_(1.0), target.weight.fill_(0.0)
         online.running_mean.fill_(5.0)
     soft_update(target, online, 0.0)
-    assert float(target.weight.sum()) == 0.0 and float(target.running_mean[0]) == 5.0
+    assert float(target.weight.detach().sum()) == 0.0 and float(target.running_mean[0]) == 5.0
     soft_update(target, online, 0.25)
     torch.testing.assert_close(target.weight, torch.full((3,), 0.25))
     soft_update(target, online, 1.0)
