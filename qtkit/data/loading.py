@@ -449,6 +449,9 @@ def _make_by_id(env_id: str, name: str, **kwargs: Any) -> Any:
 def make_env_for(dataset: TrajectoryDataset, **kwargs: Any) -> Any:
     """The evaluation env of ``dataset`` (see :meth:`TrajectoryDataset.make_env`)."""
     md = dataset.metadata
+    described = " ".join(str(md.get(k) or "") for k in ("env_id", "env_spec", "eval_env_spec", "dataset_id"))
+    if "gymnasium_robotics" in described or "maze" in described.lower():
+        register_robotics_envs()  # quietly, before gym.make or minari import it
     if md.get("source") == "minari" and md.get("dataset_id"):
         try:
             import minari
