@@ -37,14 +37,13 @@ precomputed discounted returns ``batch.returns`` wherever ``batch.mask`` holds.
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from qtkit.backups.base import Backup, target_mask
-from qtkit.backups.functional import mc_lower_bound, n_step_targets
+from qtkit.backups.functional import _check_n, mc_lower_bound, n_step_targets
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
@@ -55,13 +54,12 @@ __all__ = ["MCBackup", "NStepBackup", "NStepMCMaxBackup", "OneStepBackup", "Wind
 
 
 def _check_horizon(n: int, component: str) -> int:
+    """``n`` as checked by the functional core (an int >= 1), with a ConfigError naming the backup."""
     try:
-        if isinstance(n, bool):
-            raise TypeError
-        value = operator.index(n)
-    except TypeError:
-        raise ConfigError(f"backup {component!r}: parameter n must be an int >= 1, got {n!r}.") from None
-    if value < 1:
+        value = _check_n(n)
+    except ValueError:
+        value = None
+    if value is None:
         raise ConfigError(
             f"backup {component!r}: parameter n must be an int >= 1 (the number of rewards summed), got {n!r}. "
             "Use 'one-step' for n = 1 or 'window' for no limit."

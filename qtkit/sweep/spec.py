@@ -143,6 +143,18 @@ class Trial:
         }
 
 
+
+def _entry_overrides(where: str, entry: dict[str, Any], problems: list[str], what: str) -> dict[str, Any]:
+    """The ``set:`` mapping of a sweep entry, without ``seed`` (the sweep's seeds decide it); problems appended."""
+    overrides = entry.get("set") or {}
+    if not isinstance(overrides, dict):
+        problems.append(f"{where}.set: expected a mapping of {what}, got {overrides!r}.")
+        return {}
+    if "seed" in overrides:
+        problems.append(f"{where}.set: 'seed' comes from the sweep's seeds: list; remove it here.")
+        overrides = {k: v for k, v in overrides.items() if k != "seed"}
+    return overrides
+
 def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
 
@@ -197,13 +209,7 @@ def _check_dataset(index: int, entry: Any, problems: list[str], local_ids: list[
     problems.extend(_unknown(where, entry, DATASET_KEYS))
     make = entry.get("make")
     spec = entry.get("spec")
-    preset_set = entry.get("set") or {}
-    if not isinstance(preset_set, dict):
-        problems.append(f"{where}.set: expected a mapping of preset overrides, got {preset_set!r}.")
-        preset_set = {}
-    if "seed" in preset_set:
-        problems.append(f"{where}.set: 'seed' comes from the sweep's seeds: list; remove it here.")
-        preset_set = {k: v for k, v in preset_set.items() if k != "seed"}
+    preset_set = _entry_overrides(where, entry, problems, "preset overrides")
     if make is not None:
         if isinstance(make, str):
             make = {"name": make}
@@ -322,13 +328,7 @@ def _check_method(index: int, entry: Any, common: dict[str, Any], problems: list
         problems.append(f"{where}: expected {{preset: NAME}} or {{peer: NAME}}, got {entry!r}.")
         return None
     problems.extend(_unknown(where, entry, METHOD_KEYS))
-    overrides = entry.get("set") or {}
-    if not isinstance(overrides, dict):
-        problems.append(f"{where}.set: expected a mapping of overrides, got {overrides!r}.")
-        overrides = {}
-    if "seed" in overrides:
-        problems.append(f"{where}.set: 'seed' comes from the sweep's seeds: list; remove it here.")
-        overrides = {k: v for k, v in overrides.items() if k != "seed"}
+    overrides = _entry_overrides(where, entry, problems, "overrides")
     has_preset, has_peer = entry.get("preset") is not None, entry.get("peer") is not None
     if has_preset == has_peer:
         problems.append(f"{where}: give exactly one of preset: (qtkit, e.g. {presets[0] if presets else 'dt-gpt'}) "

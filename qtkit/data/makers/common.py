@@ -139,6 +139,24 @@ def mean_return(env: Any, policy: Policy, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
+def record_steps(env: Any, act: Policy, recorder: EpisodeRecorder, steps: int, bar: Any, reset_seed: int) -> None:
+    """Run ``act`` in ``env`` for ``steps`` steps, recording them in ``recorder`` (episodes cut where the env
+    ends them, resets in between); the first reset uses ``reset_seed``. Advances ``bar`` by 1000s, then the rest."""
+    obs, _ = env.reset(seed=int(reset_seed))
+    recorder.reset(obs)
+    for t in range(steps):
+        action = act(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        recorder.step(action, obs, reward, terminated, truncated)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            recorder.reset(obs)
+        if (t + 1) % 1000 == 0:
+            bar.update(1000)
+    bar.update(steps % 1000)
+    recorder.close()
+
+
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:
     """A tqdm bar counting env steps (shows steps/s); a no-op bar when ``enabled`` is False."""
     from tqdm.auto import tqdm

@@ -22,6 +22,7 @@ from qtkit.data.makers.common import (
     derive_seed,
     mean_return,
     progress_bar,
+    record_steps,
     uniform_policy,
 )
 from qtkit.errors import ConfigError
@@ -72,20 +73,8 @@ def make_mujoco_random(
     recorder = EpisodeRecorder()
     try:
         policy = uniform_policy(env.action_space, np.random.default_rng(derive_seed(seed, 1)))
-        obs, _ = env.reset(seed=int(seed))
-        recorder.reset(obs)
         with progress_bar(steps, progress, f"{task}-random") as bar:
-            for t in range(steps):
-                action = policy(obs)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                recorder.step(action, obs, reward, terminated, truncated)
-                if terminated or truncated:
-                    obs, _ = env.reset()
-                    recorder.reset(obs)
-                if (t + 1) % 1000 == 0:
-                    bar.update(1000)
-            bar.update(steps % 1000)
-        recorder.close()
+            record_steps(env, policy, recorder, steps, bar, reset_seed=seed)
     finally:
         close_env(env)
 

@@ -41,6 +41,7 @@ from qtkit.data.makers.common import (
     episode_buffer,
     preserved_global_rng,
     progress_bar,
+    record_steps,
     torch_threads,
 )
 from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, reference_scores
@@ -228,23 +229,14 @@ def rollout_policy(model: Any, task: str, *, steps: int, seed: int, progress: bo
     recorder = EpisodeRecorder()
     policy = model.policy
     try:
-        obs, _ = env.reset(seed=derive_seed(seed, 5))
-        recorder.reset(obs)
+        def act(obs: Any) -> np.ndarray:
+            obs_t, _ = policy.obs_to_tensor(obs)
+            mean, log_std, _ = policy.actor.get_action_dist_params(obs_t)
+            u = mean[0].numpy() + np.exp(log_std[0].numpy()) * rng.standard_normal(mean.shape[-1])
+            return policy.unscale_action(np.tanh(u)).astype(env.action_space.dtype)
+
         with torch.no_grad(), torch_threads(threads), progress_bar(steps, progress, f"{task}-medium rollouts") as bar:
-            for t in range(steps):
-                obs_t, _ = policy.obs_to_tensor(obs)
-                mean, log_std, _ = policy.actor.get_action_dist_params(obs_t)
-                u = mean[0].numpy() + np.exp(log_std[0].numpy()) * rng.standard_normal(mean.shape[-1])
-                action = policy.unscale_action(np.tanh(u)).astype(env.action_space.dtype)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                recorder.step(action, obs, reward, terminated, truncated)
-                if terminated or truncated:
-                    obs, _ = env.reset()
-                    recorder.reset(obs)
-                if (t + 1) % 1000 == 0:
-                    bar.update(1000)
-            bar.update(steps % 1000)
-        recorder.close()
+            record_steps(env, act, recorder, steps, bar, reset_seed=derive_seed(seed, 5))
     finally:
         close_env(env)
     return recorder.episodes
