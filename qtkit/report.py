@@ -165,7 +165,8 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per dataset, one row per method: mean ± std over seeds (ddof 1) of the final and the best score, n, rank.
+    """Per dataset, one row per method: mean ± std over seeds (ddof 1) of the final and the best score, n, rank,
+    and ``seconds_mean``, the mean wall time of a finished trial (its last attempt; fit and evaluations).
 
     Scores are normalised (D4RL-style) where the dataset has reference scores, else mean returns (``unit``
     says which). Rows are sorted by rank: the final score's mean, highest first (ties share a rank);
@@ -188,11 +189,13 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
             best_mean, best_std = _mean_std(best_vals)
             ret_mean, ret_std = _mean_std(returns)
             steps = sorted({int(r["summary"].get("steps", 0)) for r in done})
+            seconds = [float(r["status"]["seconds"]) for r in done if r["status"].get("seconds") is not None]
             rows.append({
                 "method": method, "n": len(final_vals), "seeds": [r["seed"] for r in done],
                 "unit": finals[0][1] if finals else "normalized_score",
                 "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
                 "return_mean": ret_mean, "return_std": ret_std, "steps": steps,
+                "seconds_mean": (sum(seconds) / len(seconds)) if seconds else None,
                 "failed": sum(r["state"] == "failed" for r in members),
                 "unfinished": sum(r["state"] in ("pending", "running") for r in members),
             })
@@ -223,6 +226,9 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
                  f"(every {', '.join(map(str, budget.get('eval_every', []))) or 'end only'} steps), "
                  f"seeds {', '.join(map(str, meta.get('seeds', [])))}")
     lines.append(f"- hardware: {'; '.join(meta.get('hardware', [])) or 'unknown'}")
+    if meta.get("trial_seconds"):
+        lines.append(f"- compute: {meta['trial_seconds'] / 3600:.2f} trial-hours in all (sum of the finished "
+                     f"trials' wall times, fit and evaluations; 'time' below is the mean per trial)")
     lines.append(f"- qtkit {meta.get('qtkit_version')} at commit {meta.get('commit')}; generated {meta.get('generated')}")
     lines.append(f"- trials: {meta.get('trials', {}).get('done', 0)} done, {meta.get('trials', {}).get('failed', 0)} "
                  f"failed, {meta.get('trials', {}).get('unfinished', 0)} unfinished")
@@ -231,14 +237,15 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
                  "training (optimistic), ranked by the final score")
     for dataset, rows in table.items():
         lines += ["", f"## {dataset}", "",
-                  "| rank | method | final score | best score | seeds (n) | final return | failed |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| rank | method | final score | best score | seeds (n) | final return | time (s) | failed |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in rows:
             unit = "" if row["unit"] == "normalized_score" else " (return)"
             lines.append(
                 f"| {row['rank'] if row['rank'] is not None else '–'} | {row['method']} | "
                 f"{_pm(row['final_mean'], row['final_std'])}{unit} | {_pm(row['best_mean'], row['best_std'])}{unit} | "
-                f"{row['n']} | {_pm(row['return_mean'], row['return_std'])} | {row['failed']} |"
+                f"{row['n']} | {_pm(row['return_mean'], row['return_std'])} | "
+                f"{'–' if row['seconds_mean'] is None else format(row['seconds_mean'], '.0f')} | {row['failed']} |"
             )
         lines += ["", f"![learning curves](curves_{dataset}.png)"]
     return "\n".join(lines) + "\n"
@@ -320,6 +327,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: 
         "qtkit_version": qtkit.__version__,
         "commit": _git_commit(),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "trial_seconds": sum(float(r["status"].get("seconds") or 0.0) for r in runs if r["state"] == "done"),
         "trials": {"done": sum(r["state"] == "done" for r in runs), "failed": sum(r["state"] == "failed" for r in runs),
                    "unfinished": sum(r["state"] in ("pending", "running") for r in runs)},
     }

@@ -21,7 +21,8 @@ SCORES = {
 }
 
 
-def write_run(root: Path, dataset: str, method: str, seed: int, final: float, best: float, steps: int = 100) -> Path:
+def write_run(root: Path, dataset: str, method: str, seed: int, final: float, best: float, steps: int = 100,
+              seconds: float = 60.0) -> Path:
     run = root / dataset / method / f"seed{seed}"
     run.mkdir(parents=True)
     evaluations = [{"step": steps // 2, "normalized_score": best, "mean_return": best * 2},
@@ -29,7 +30,8 @@ def write_run(root: Path, dataset: str, method: str, seed: int, final: float, be
     summary = {"steps": steps, "final": evaluations[-1], "best": max(evaluations, key=lambda e: e["normalized_score"]),
                "evaluations": evaluations}
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "status.json").write_text(json.dumps({"state": "done", "hardware": "Test CPU (2 cores)"}))
+    (run / "status.json").write_text(json.dumps({"state": "done", "hardware": "Test CPU (2 cores)",
+                                                       "seconds": seconds + seed}))
     (run / "trial.yaml").write_text(yaml.safe_dump({
         "method": {"label": method}, "dataset": {"label": dataset}, "seed": seed, "steps": steps,
         "eval_every": steps // 2, "eval_episodes": 5}))
@@ -85,10 +87,13 @@ def test_report_files_and_header(runs: Path, tmp_path: Path) -> None:
     assert text.startswith("# qtkit report: unit")
     assert "100 gradient steps per trial, 5 evaluation episodes (every 50 steps), seeds 0, 1, 2" in text
     assert "hardware: Test CPU (2 cores)" in text and "commit " in text and "qtkit 0.1.0" in text
-    assert "| 1 | qt | 60.0 ± 10.0 | 90.0 ± 10.0 | 3 | 120.0 ± 20.0 | 0 |" in text
-    assert "| 1 | iql | 60.0 ± 0.0 | 61.5 ± 0.7 | 2 |" in text
+    assert "| 1 | qt | 60.0 ± 10.0 | 90.0 ± 10.0 | 3 | 120.0 ± 20.0 | 61 | 0 |" in text  # 60, 61, 62 s
+    assert "| 1 | iql | 60.0 ± 0.0 | 61.5 ± 0.7 | 2 | 120.0 ± 0.0 | 60 | 1 |" in text  # 60, 61 s
+    # 14 finished trials: 5 methods x seeds 0..2 minus iql's missing seed 2 -> 14 * 60 + seed offsets (3+3+1+3+3)
+    assert "- compute: 0.24 trial-hours in all" in text
     data = json.loads((out / "report.json").read_text())
     assert data["meta"]["trials"] == {"done": 14, "failed": 1, "unfinished": 1}
+    assert data["meta"]["trial_seconds"] == pytest.approx(14 * 60 + 13)
     assert data["failures"][0]["error"] == "RuntimeError: boom"
     assert {r["method"] for r in data["datasets"]["maze"]} == {"qt", "dt", "iql"}
     for dataset in ("maze", "hopper"):
