@@ -211,6 +211,27 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def overall_summary(table: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method across datasets: ``mean_rank`` (mean of its per-dataset final ranks),
+    ``mean_final`` (mean over datasets of its mean final score), ``datasets`` (how many it has a score on,
+    out of ``of``). Sorted by mean rank, then by mean score; methods with no finished run come last."""
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for rows in table.values():
+        for row in rows:
+            methods.setdefault(row["method"], [])
+            if row["rank"] is not None and row["final_mean"] is not None:
+                methods[row["method"]].append(row)
+    out = []
+    for method, rows in methods.items():
+        out.append({
+            "method": method, "datasets": len(rows), "of": len(table),
+            "mean_rank": (sum(r["rank"] for r in rows) / len(rows)) if rows else None,
+            "mean_final": (sum(r["final_mean"] for r in rows) / len(rows)) if rows else None,
+        })
+    out.sort(key=lambda r: (r["mean_rank"] is None, r["mean_rank"] or 0.0, -(r["mean_final"] or 0.0), r["method"]))
+    return out
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
@@ -235,6 +256,13 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
     lines.append("- scores: D4RL-style normalised score (100 = the dataset's expert reference), mean ± std over seeds "
                  "(sample std; none shown for one seed); final = last evaluation, best = best evaluation during "
                  "training (optimistic), ranked by the final score")
+    if len(table) > 1:
+        lines += ["", "## Across datasets", "",
+                  "Mean of each method's per-dataset final rank and final score (over the datasets it has a score on).",
+                  "", "| method | mean rank | mean final score | datasets |", "|---|---|---|---|"]
+        for row in overall_summary(table):
+            rank = "–" if row["mean_rank"] is None else f"{row['mean_rank']:.2f}"
+            lines.append(f"| {row['method']} | {rank} | {_pm(row['mean_final'], None)} | {row['datasets']}/{row['of']} |")
     for dataset, rows in table.items():
         lines += ["", f"## {dataset}", "",
                   "| rank | method | final score | best score | seeds (n) | final return | time (s) | failed |",
@@ -334,7 +362,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: 
     for dataset in table:
         sweep_curves_png(runs, dataset, out / f"curves_{dataset}.png")
     failures = [{"run": r["path"], "error": r["status"].get("error")} for r in runs if r["state"] == "failed"]
-    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table, "failures": failures},
+    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table,
+                                                       "overall": overall_summary(table), "failures": failures},
                                                       indent=2, default=float))
     path = out / "report.md"
     atomic_write_text(path, sweep_markdown(table, meta))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from qtkit.report import aggregate_runs, collect_runs, write_report
+from qtkit.report import aggregate_runs, collect_runs, overall_summary, write_report
 
 #: final / best normalised scores per (dataset, method) and seed
 SCORES = {
@@ -74,6 +74,16 @@ def test_aggregation_numbers_and_ranks(runs: Path) -> None:
     assert hopper[0]["final_std"] == 0.0
 
 
+def test_overall_summary_across_datasets(runs: Path) -> None:
+    overall = {row["method"]: row for row in overall_summary(aggregate_runs(collect_runs(runs)))}
+    # maze ranks: qt 1, iql 1, dt 3; hopper ranks: dt 1, qt 2 (iql unfinished there)
+    assert overall["qt"]["mean_rank"] == pytest.approx(1.5) and overall["qt"]["mean_final"] == pytest.approx(40.0)
+    assert overall["dt"]["mean_rank"] == pytest.approx(2.0) and overall["dt"]["mean_final"] == pytest.approx(35.0)
+    assert overall["iql"]["mean_rank"] == pytest.approx(1.0) and overall["iql"]["datasets"] == 1
+    assert overall["qt"]["of"] == 2
+    assert [row["method"] for row in overall_summary(aggregate_runs(collect_runs(runs)))] == ["iql", "qt", "dt"]
+
+
 def test_single_seed_has_no_spread(tmp_path: Path) -> None:
     write_run(tmp_path, "d", "m", 0, 12.0, 15.0)
     (row,) = aggregate_runs(collect_runs(tmp_path))["d"]
@@ -91,6 +101,7 @@ def test_report_files_and_header(runs: Path, tmp_path: Path) -> None:
     assert "| 1 | iql | 60.0 ± 0.0 | 61.5 ± 0.7 | 2 | 120.0 ± 0.0 | 60 | 1 |" in text  # 60, 61 s
     # 14 finished trials: 5 methods x seeds 0..2 minus iql's missing seed 2 -> 14 * 60 + seed offsets (3+3+1+3+3)
     assert "- compute: 0.24 trial-hours in all" in text
+    assert "| qt | 1.50 | 40.0 | 2/2 |" in text and "| iql | 1.00 | 60.0 | 1/2 |" in text
     data = json.loads((out / "report.json").read_text())
     assert data["meta"]["trials"] == {"done": 14, "failed": 1, "unfinished": 1}
     assert data["meta"]["trial_seconds"] == pytest.approx(14 * 60 + 13)
