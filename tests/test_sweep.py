@@ -129,6 +129,19 @@ def test_trials_are_the_product_with_one_folder_each(npz_path: str, tmp_path: Pa
         parse_sweep(sweep_dict(npz_path, tmp_path, datasets=[{"spec": npz_path, "set": {"rtg_scal": 1}}]))
 
 
+def test_dt_peer_sees_returns_on_the_dataset_scale(npz_path: str, tmp_path: Path) -> None:
+    raw = sweep_dict(npz_path, tmp_path / "out", set={**TINY_SET, "rtg_scale": 100.0},
+                     datasets=[{"spec": npz_path, "label": "scaled", "set": {"rtg_scale": 4.0}},
+                               {"spec": npz_path, "label": "sweep-scale"}],
+                     methods=[{"peer": "d3rlpy-dt"}, {"peer": "d3rlpy-dt", "label": "own", "set": {"reward_scale": 0.5}},
+                              {"peer": "d3rlpy-iql"}])
+    got = {(t.dataset.label, t.method.label): t.overrides for t in expand_trials(parse_sweep(raw))}
+    assert got[("scaled", "d3rlpy-dt")] == {"reward_scale": 0.25}  # the dataset's rtg_scale wins
+    assert got[("sweep-scale", "d3rlpy-dt")] == {"reward_scale": 0.01}  # else the sweep's
+    assert got[("scaled", "own")] == {"reward_scale": 0.5}  # the entry's own value is kept
+    assert got[("scaled", "d3rlpy-iql")] == {}  # IQL has no return scale to share
+
+
 def test_suite_files_are_valid_apart_from_missing_presets() -> None:
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
     presets = set(qtkit.list_presets())

@@ -476,6 +476,20 @@ def load_sweep(path: str | Path, check_datasets: bool = True) -> SweepSpec:
     return parse_sweep(raw, source=str(path), check_datasets=check_datasets)
 
 
+def peer_overrides(peer: str, common: dict[str, Any], dataset_set: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """What peer ``peer`` is built with: its own ``set:``, plus the return scale of the dataset.
+
+    Both Decision Transformers must see returns-to-go on the same scale, so ``d3rlpy-dt`` takes
+    ``reward_scale = 1 / rtg_scale`` from the dataset's (else the sweep's) ``set: {rtg_scale: ...}`` unless
+    its own entry gives ``reward_scale``. Other peer parameters are not shared with the presets.
+    """
+    out = dict(own)
+    rtg_scale = dataset_set.get("rtg_scale", common.get("rtg_scale"))
+    if peer == "d3rlpy-dt" and _is_number(rtg_scale, 0) and float(rtg_scale) > 0 and "reward_scale" not in out:
+        out["reward_scale"] = 1.0 / float(rtg_scale)
+    return out
+
+
 def expand_trials(spec: SweepSpec) -> list[Trial]:
     """The product datasets × methods × seeds, in that order, each with its run folder."""
     import os
@@ -487,6 +501,7 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
               eval_episodes=spec.eval_episodes, checkpoint_every=checkpoint_every,
               run_dir=str(spec.out / d.label / m.label / f"seed{s}"), cpus=spec.cpus_per_trial,
               gpus=spec.gpus_per_trial, env=env,
-              overrides=(preset_overrides(str(m.preset), spec.common, d.set, m.set) if m.kind == "preset" else dict(m.set)))
+              overrides=(preset_overrides(str(m.preset), spec.common, d.set, m.set) if m.kind == "preset"
+                         else peer_overrides(str(m.peer), spec.common, d.set, m.set)))
         for d in spec.datasets for m in spec.methods for s in spec.seeds
     ]
