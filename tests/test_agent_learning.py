@@ -7,8 +7,9 @@ A two-step task built so that return conditioning is misled by luck (the stochas
 high return. The behaviour policy is uniform. Decision Transformer (eta = 0), asked for the best
 return in the data, imitates the lucky right-hand actions; QT's critic learns ``Q = m(a) + ...``
 and the eta term pulls the policy towards a = -0.5. Both agents are the same preset, seed and
-data; only eta differs. Checked on two seeds, each with a wide margin (measured: values about
-0.03 / -0.17 for eta = 0 against 0.98 / 0.88 for eta = 2, of a best possible 1.0).
+data; only eta differs. Checked on two seeds, each with a wide margin (measured after 400 steps: values
+0.21 / -0.03 for eta = 0 against 0.92 / 0.91 for eta = 2, of a best possible 1.0; seed 3: 0.03 / 0.98).
+QT must beat 0.85: imitating the behaviour's mean action (a = 0) is already worth 0.8.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def test_eta_selects_higher_value_actions_than_behaviour_cloning(seed: int) -> N
     value = {}
     for eta in (0.0, 2.0):
         agent = qtkit.build("qt-gpt-nstep", dataset=data, eta=eta, seed=seed, **SMALL)
-        agent.fit(data, steps=300, progress=False)
+        agent.fit(data, steps=400, progress=False)
         value[eta] = float(mean_reward(chosen_actions(agent, data)).mean())
     print(f"seed {seed}: value of the chosen actions, eta=0 {value[0.0]:.3f}, eta=2 {value[2.0]:.3f} (best 1.0)")
     assert value[0.0] < 0.5, value  # DT follows the lucky, worse actions
-    assert value[2.0] > 0.75, value  # QT gets close to the best action
+    assert value[2.0] > 0.85, value  # QT gets close to the best action, past the behaviour's mean (0.8)
     assert value[2.0] > value[0.0] + 0.4, value
