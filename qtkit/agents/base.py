@@ -13,6 +13,28 @@ from torch import nn
 from qtkit.config import dump_yaml
 
 
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, lr: float) -> Any:
+    """The per-step LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
+
+    ``config.scheduler``: ``"none"`` (no scheduler: ``lr`` throughout, no warm-up); ``"constant"`` (linear
+    warm-up over ``warmup_steps`` from ``lr / 100``, then ``lr``: the Decision Transformer reference);
+    or a timm ``create_scheduler_v2`` name such as ``"cosine"`` (after the warm-up, decays to ``min_lr`` at
+    ``total_steps``). Returns a timm scheduler (call ``step_update(step)``) or None.
+    """
+    from timm.scheduler import create_scheduler_v2
+
+    if config.scheduler == "none":
+        return None
+    constant = config.scheduler == "constant"
+    sched, _ = create_scheduler_v2(
+        optimizer, sched="cosine" if constant else config.scheduler,
+        num_epochs=max(1, total_steps - config.warmup_steps), warmup_epochs=config.warmup_steps, warmup_prefix=True,
+        min_lr=lr if constant else config.min_lr,  # a cosine from lr to lr is flat
+        warmup_lr=lr * 0.01 if config.warmup_steps else 1e-5, step_on_epochs=False, updates_per_epoch=1,
+    )
+    return sched
+
+
 @dataclass
 class TrainConfig:
     """Training parameters every agent family has (a family's ``TrainConfig`` extends this and may
@@ -26,7 +48,7 @@ class TrainConfig:
     lr: float = 3.0e-4
     weight_decay: float = 1.0e-4
     optimizer: str = "adamw"  # any timm create_optimizer_v2 name
-    scheduler: str = "cosine"  # any timm create_scheduler_v2 name, or "none"
+    scheduler: str = "cosine"  # "constant" (warm-up, then lr), any timm create_scheduler_v2 name, or "none"
     warmup_steps: int = 0
     min_lr: float = 0.0
     grad_clip: float | None = 9.0  # gradient-norm clip of the main update (None: off)

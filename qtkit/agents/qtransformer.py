@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from qtkit.agents.base import TrainConfig
+from qtkit.agents.base import TrainConfig, make_lr_scheduler
 from qtkit.agents.qt import QTAgent
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
@@ -53,19 +53,12 @@ class QTransformerAgent(QTAgent):
 
     def _make_optimizers(self, total_steps: int) -> None:
         from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
 
         tc = self.train_config
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}  # one kernel per step
         self.critic_optimizer = create_optimizer_v2(self.critic.net, opt=tc.optimizer, lr=tc.lr,
                                                     weight_decay=tc.weight_decay, **fused)
-        self.critic_scheduler = None
-        if tc.scheduler != "none":
-            self.critic_scheduler, _ = create_scheduler_v2(
-                self.critic_optimizer, sched=tc.scheduler, num_epochs=max(1, total_steps - tc.warmup_steps),
-                warmup_epochs=tc.warmup_steps, warmup_prefix=True, min_lr=tc.min_lr,
-                warmup_lr=tc.lr * 0.01 if tc.warmup_steps else 1e-5, step_on_epochs=False, updates_per_epoch=1,
-            )
+        self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.lr)
         self.policy_optimizer = self.policy_scheduler = None
         self._total_steps = total_steps
 
