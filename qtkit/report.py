@@ -166,7 +166,8 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per dataset, one row per method: mean ± std over seeds (ddof 1) of the final and the best score, n, rank,
-    and ``seconds_mean``, the mean wall time of a finished trial (its last attempt; fit and evaluations).
+    ``seconds_mean``, the mean wall time of a finished trial (its last attempt; fit and evaluations), and
+    ``resumed``, how many of its finished trials were resumed from a checkpoint (their time is partial).
 
     Scores are normalised (D4RL-style) where the dataset has reference scores, else mean returns (``unit``
     says which). Rows are sorted by rank: the final score's mean, highest first (ties share a rank);
@@ -196,6 +197,7 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
                 "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
                 "return_mean": ret_mean, "return_std": ret_std, "steps": steps,
                 "seconds_mean": (sum(seconds) / len(seconds)) if seconds else None,
+                "resumed": sum(r["status"].get("resumed_from") is not None for r in done),
                 "failed": sum(r["state"] == "failed" for r in members),
                 "unfinished": sum(r["state"] in ("pending", "running") for r in members),
             })
@@ -238,6 +240,12 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
+def _seconds(row: dict[str, Any]) -> str:
+    if row["seconds_mean"] is None:
+        return "–"
+    return f"{row['seconds_mean']:.0f}" + (f" ({row['resumed']} resumed)" if row.get("resumed") else "")
+
+
 def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
     """The report as Markdown: a header (budget, hardware, version, commit) and one ranked table per dataset."""
     lines = [f"# qtkit report: {meta.get('name', 'runs')}", ""]
@@ -249,7 +257,8 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
     lines.append(f"- hardware: {'; '.join(meta.get('hardware', [])) or 'unknown'}")
     if meta.get("trial_seconds"):
         lines.append(f"- compute: {meta['trial_seconds'] / 3600:.2f} trial-hours in all (sum of the finished "
-                     f"trials' wall times, fit and evaluations; 'time' below is the mean per trial)")
+                     f"trials' wall times, fit and evaluations; 'time' below is the mean per trial; a resumed "
+                     f"trial counts only its last attempt)")
     lines.append(f"- qtkit {meta.get('qtkit_version')} at commit {meta.get('commit')}; generated {meta.get('generated')}")
     lines.append(f"- trials: {meta.get('trials', {}).get('done', 0)} done, {meta.get('trials', {}).get('failed', 0)} "
                  f"failed, {meta.get('trials', {}).get('unfinished', 0)} unfinished")
@@ -273,7 +282,7 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
                 f"| {row['rank'] if row['rank'] is not None else '–'} | {row['method']} | "
                 f"{_pm(row['final_mean'], row['final_std'])}{unit} | {_pm(row['best_mean'], row['best_std'])}{unit} | "
                 f"{row['n']} | {_pm(row['return_mean'], row['return_std'])} | "
-                f"{'–' if row['seconds_mean'] is None else format(row['seconds_mean'], '.0f')} | {row['failed']} |"
+                f"{_seconds(row)} | {row['failed']} |"
             )
         lines += ["", f"![learning curves](curves_{dataset}.png)"]
     return "\n".join(lines) + "\n"

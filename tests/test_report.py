@@ -43,6 +43,8 @@ def runs(tmp_path: Path) -> Path:
     for (dataset, method), (finals, bests) in SCORES.items():
         for seed, (f, b) in enumerate(zip(finals, bests)):
             write_run(tmp_path, dataset, method, seed, f, b)
+    resumed = tmp_path / "hopper" / "dt" / "seed1" / "status.json"
+    resumed.write_text(json.dumps({**json.loads(resumed.read_text()), "resumed_from": 50}))
     crashed = tmp_path / "maze" / "iql" / "seed2"
     crashed.mkdir(parents=True)
     (crashed / "status.json").write_text(json.dumps({"state": "failed", "error": "RuntimeError: boom"}))
@@ -101,6 +103,7 @@ def test_report_files_and_header(runs: Path, tmp_path: Path) -> None:
     assert "| 1 | iql | 60.0 ± 0.0 | 61.5 ± 0.7 | 2 | 120.0 ± 0.0 | 60 | 1 |" in text  # 60, 61 s
     # 14 finished trials: 5 methods x seeds 0..2 minus iql's missing seed 2 -> 14 * 60 + seed offsets (3+3+1+3+3)
     assert "- compute: 0.24 trial-hours in all" in text
+    assert "| 1 | dt | 25.0 ± 0.0 | 27.0 ± 1.0 | 3 | 50.0 ± 0.0 | 61 (1 resumed) | 0 |" in text
     assert "| qt | 1.50 | 40.0 | 2/2 |" in text and "| iql | 1.00 | 60.0 | 1/2 |" in text
     data = json.loads((out / "report.json").read_text())
     assert data["meta"]["trials"] == {"done": 14, "failed": 1, "unfinished": 1}
