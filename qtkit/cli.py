@@ -33,6 +33,21 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+THREADS_HELP = ("torch threads for this process (default: torch's, one per core); give each of several runs "
+                "sharing a machine its share, e.g. --threads 1 for two runs on 2 cores")
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply ``--threads``: several processes each using every core slow each other down many times over."""
+    if threads is None:
+        return
+    if threads < 1:
+        _fail(ValueError(f"--threads must be >= 1, got {threads}; leave it out to use torch's default."))
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @app.command("list")
 def list_cmd(
     what: ListWhat = typer.Argument(ListWhat.presets, help="presets or components"),
@@ -108,6 +123,7 @@ def train_cmd(
     eval_episodes: int = typer.Option(10, "--eval-episodes"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation (e.g. a dataset without an env)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Train a preset on a dataset; writes metrics.csv, TensorBoard logs, a checkpoint and summary.json."""
     from pathlib import Path
@@ -116,6 +132,7 @@ def train_cmd(
     from qtkit.data import load_dataset
     from qtkit.errors import QtkitError
 
+    _set_threads(threads)
     try:
         data = load_dataset(dataset)
         agent = qtkit.build(preset, dataset=data, seed=seed, **parse_sets(set_))
@@ -145,11 +162,13 @@ def eval_cmd(
     num_envs: int = typer.Option(None, "--num-envs"),
     env: str = typer.Option(None, "--env", help="gymnasium id (default: the dataset's env)"),
     normalized: bool = typer.Option(False, "--normalized", help="fail unless a normalised score can be reported"),
+    threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a trained agent: mean/std return and normalised score."""
     import qtkit
     from qtkit.errors import QtkitError
 
+    _set_threads(threads)
     try:
         agent = qtkit.load(run)
         result = agent.evaluate(env, episodes=episodes, seed=seed, num_envs=num_envs, progress=True,

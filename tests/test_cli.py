@@ -60,3 +60,20 @@ def test_errors_exit_nonzero_with_the_reason(npz: Path, tmp_path: Path) -> None:
     assert missing.exit_code != 0 and "nope.npz" in missing.output
     no_run = runner.invoke(app, ["eval", str(tmp_path / "no-run")])
     assert no_run.exit_code != 0 and "no-run" in no_run.output
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(npz: Path, tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1  # differs from the current setting, so the assertion can fail
+    try:
+        args = ["train", "--preset", "dt-gpt", "--dataset", str(npz), "--out", str(tmp_path / "r"), "--steps", "1",
+                "--no-eval", *TINY_SETS]
+        trained = runner.invoke(app, [*args, "--threads", str(wanted)])
+        assert trained.exit_code == 0, trained.output
+        assert torch.get_num_threads() == wanted
+        zero = runner.invoke(app, [*args, "--threads", "0"])
+        assert zero.exit_code != 0 and "--threads must be >= 1" in zero.output
+    finally:
+        torch.set_num_threads(before)
