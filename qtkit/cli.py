@@ -38,14 +38,14 @@ THREADS_HELP = ("torch threads for this process (default: torch's, one per core)
 
 
 def _set_threads(threads: int | None) -> None:
-    """Apply ``--threads``: several processes each using every core slow each other down many times over."""
+    """Apply ``--threads`` (None: torch's default)."""
     if threads is None:
         return
     if threads < 1:
         _fail(ValueError(f"--threads must be >= 1, got {threads}; leave it out to use torch's default."))
-    import torch
+    from qtkit.threads import set_torch_threads
 
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
 
 
 @app.command("list")

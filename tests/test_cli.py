@@ -62,9 +62,11 @@ def test_errors_exit_nonzero_with_the_reason(npz: Path, tmp_path: Path) -> None:
     assert no_run.exit_code != 0 and "no-run" in no_run.output
 
 
-def test_threads_option_sets_torch_threads_and_rejects_zero(npz: Path, tmp_path: Path) -> None:
+def test_threads_option_sets_torch_threads_and_rejects_zero(npz: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the option sets it for child processes; restored after
     before = torch.get_num_threads()
     wanted = 2 if before == 1 else 1  # differs from the current setting, so the assertion can fail
     try:

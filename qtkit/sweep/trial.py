@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qtkit.sweep.spec import Trial
+from qtkit.threads import set_torch_threads
 
 __all__ = ["read_status", "run_trial", "write_status"]
 
@@ -55,14 +56,6 @@ def _has_checkpoint(run_dir: Path, peer: bool) -> bool:
     ckpt = run_dir / "checkpoint"
     needed = ("model.d3", "state.pt") if peer else ("config.yaml", "weights.safetensors", "state.pt")
     return all((ckpt / name).is_file() for name in needed)
-
-
-def _set_threads(cpus: float) -> None:
-    import torch
-
-    threads = max(1, int(cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    torch.set_num_threads(threads)
 
 
 def _fit_preset(trial: Trial, data: Any, run_dir: Path, resume: Path | None) -> dict[str, Any]:
@@ -131,7 +124,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     where = {"host": os.uname().nodename, "hardware": hardware_summary()}
     write_status(run_dir, state="running", attempts=attempts, pid=os.getpid(), resumed_from=resumed_from, **where)
     try:
-        _set_threads(trial.cpus)
+        set_torch_threads(max(1, int(trial.cpus)))
         from qtkit.data import load_dataset
 
         data = load_dataset(trial.dataset.spec)
