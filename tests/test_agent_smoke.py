@@ -178,9 +178,9 @@ def test_fit_uses_returns_discounted_with_the_agents_gamma(data: TrajectoryDatas
     agent = qtkit.build("qt-gpt-mc", dataset=data, gamma=0.5, **TINY)
     original = agent.train_step
 
-    def spy(batch: object) -> dict:
+    def spy(batch: object, diagnose: bool = False) -> dict:
         seen.append(batch)
-        return original(batch)
+        return original(batch, diagnose=diagnose)
 
     monkeypatch.setattr(agent, "train_step", spy)
     assert data.gamma != 0.5

@@ -14,7 +14,11 @@ from qtkit.config import dump_yaml
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, lr: float) -> Any:
-    """The per-step LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
+    """The LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
+
+    The schedule spans ``config.lr_schedule_steps`` when set (the reference QT code's cosine spans
+    ``max_iters`` iterations while early stopping ends the run about half-way), else ``total_steps``.
+    Drive it with :func:`lr_schedule_update` (which holds the LR for ``config.lr_update_every`` steps).
 
     ``config.scheduler``: ``"none"`` (no scheduler: ``lr`` throughout, no warm-up); ``"constant"`` (linear
     warm-up over ``warmup_steps`` from ``lr / 100``, then ``lr``: the Decision Transformer reference);
@@ -26,13 +30,24 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, tot
     if config.scheduler == "none":
         return None
     constant = config.scheduler == "constant"
+    span = config.lr_schedule_steps or total_steps
     sched, _ = create_scheduler_v2(
         optimizer, sched="cosine" if constant else config.scheduler,
-        num_epochs=max(1, total_steps - config.warmup_steps), warmup_epochs=config.warmup_steps, warmup_prefix=True,
+        num_epochs=max(1, span - config.warmup_steps), warmup_epochs=config.warmup_steps, warmup_prefix=True,
         min_lr=lr if constant else config.min_lr,  # a cosine from lr to lr is flat
         warmup_lr=lr * 0.01 if config.warmup_steps else 1e-5, step_on_epochs=False, updates_per_epoch=1,
     )
     return sched
+
+
+def lr_schedule_update(scheduler: Any, step: int, every: int = 1) -> None:
+    """Set the LR of a :func:`make_lr_scheduler` schedule for the update after gradient step ``step``.
+
+    ``every > 1`` changes the LR only every ``every`` steps, to its value at the last multiple of
+    ``every`` (the reference QT code steps ``CosineAnnealingLR`` once per 1000-step iteration).
+    """
+    if scheduler is not None:
+        scheduler.step_update(num_updates=(step // every) * every)
 
 
 @dataclass
@@ -47,9 +62,12 @@ class TrainConfig:
     rtg_scale: float = 1000.0  # return-to-go is divided by this before a sequence policy sees it
     lr: float = 3.0e-4
     weight_decay: float = 1.0e-4
-    optimizer: str = "adamw"  # any timm create_optimizer_v2 name
+    optimizer: str = "adamw"  # any timm create_optimizer_v2 name ("adam": L2 weight decay, the QT reference)
+    decay_all_parameters: bool = False  # False: biases and norm weights get no weight decay; True: all (reference Adam)
     scheduler: str = "cosine"  # "constant" (warm-up, then lr), any timm create_scheduler_v2 name, or "none"
     warmup_steps: int = 0
+    lr_schedule_steps: int | None = None  # steps the LR schedule spans (None: the run's steps)
+    lr_update_every: int = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
     min_lr: float = 0.0
     grad_clip: float | None = 9.0  # gradient-norm clip of the main update (None: off)
     tau: float = 0.005  # soft update of the critic's target network, every step
@@ -61,6 +79,16 @@ class TrainConfig:
     tf32: bool = True  # allow TF32 matmuls on CUDA
     compile: bool = False  # torch.compile the training forward passes
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        from qtkit.errors import ConfigError
+
+        if isinstance(self.lr_update_every, bool) or not isinstance(self.lr_update_every, int) or self.lr_update_every < 1:
+            raise ConfigError(f"train.lr_update_every must be an integer >= 1 (steps between LR updates), "
+                              f"got {self.lr_update_every!r}.")
+        if self.lr_schedule_steps is not None and self.lr_schedule_steps < 1:
+            raise ConfigError(f"train.lr_schedule_steps must be >= 1 or null (the run's steps), "
+                              f"got {self.lr_schedule_steps!r}.")
 
 
 class Agent:

@@ -43,7 +43,8 @@ class MetricsLogger:
             for key, value in metrics.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._writer.add_scalar(key, value, step)
-        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("bc_loss", "critic_loss", "q_loss", "score")}
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("bc_loss", "critic_loss", "q_loss", "score",
+                                                                       "q_mc_corr", "lq_grad_ratio")}
         self.bar.set_postfix(shown, refresh=False)
         self._flush_csv()
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qtkit.agents.base import Agent, TrainConfig, make_lr_scheduler
+from qtkit.agents.base import Agent, TrainConfig, lr_schedule_update, make_lr_scheduler
+from qtkit.agents.diagnostics import gradient_balance, q_at_data, value_diagnostics
 from qtkit.critics.base import soft_update
 from qtkit.data.batch import Batch
 from qtkit.errors import CheckpointError, ConfigError, ShapeMismatchError, TrainingError
@@ -31,7 +32,7 @@ class QTTrainConfig(TrainConfig):
     eta: float = 1.0  # weight of L_Q; 0 gives Decision Transformer
     critic_lr: float = 3.0e-4
     critic_weight_decay: float = 0.0
-    critic_grad_clip: float | None = None
+    critic_grad_clip: float | Literal["grad_clip"] | None = "grad_clip"  # "grad_clip": the policy's clip (reference)
     ema_decay: float = 0.995  # EMA copy of the policy used for bootstrap actions
     ema_every: int = 5
     ema_start: int = 1000  # before this step the EMA copy tracks the policy exactly
@@ -167,12 +168,14 @@ class QTAgent(Agent):
         # torch's fused Adam/AdamW (CPU and CUDA): the same update in one kernel over all parameters
         # instead of a Python loop of small ops (reference policy, CPU: clip + step 46 ms -> 15 ms)
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}
+        groups = {"filter_bias_and_bn": not tc.decay_all_parameters}
         self.policy_optimizer = create_optimizer_v2(self.policy, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
-                                                    **fused)
+                                                    **groups, **fused)
         self.policy_scheduler = make_lr_scheduler(self.policy_optimizer, tc, total_steps, tc.lr)
         if self.critic is not None:
             self.critic_optimizer = create_optimizer_v2(
-                self.critic.net, opt=tc.optimizer, lr=tc.critic_lr, weight_decay=tc.critic_weight_decay, **fused
+                self.critic.net, opt=tc.optimizer, lr=tc.critic_lr, weight_decay=tc.critic_weight_decay, **groups,
+                **fused,
             )
             self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.critic_lr)
         self._total_steps = total_steps
@@ -191,8 +194,12 @@ class QTAgent(Agent):
         return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
 
     # ------------------------------------------------------------------ training
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One gradient step on a batch of windows: critic, then policy, then targets and EMA."""
+    def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
+        """One gradient step on a batch of windows: critic, then policy, then targets and EMA.
+
+        ``diagnose``: also return the value diagnostics (:mod:`qtkit.agents.diagnostics`: Q at the data's
+        actions against Monte-Carlo returns, L_Q's gradient against L_DT's); the update is the same.
+        """
         tc = self.train_config
         states = self.standardize(batch.observations)
         next_states = self.standardize(batch.next_observations)
@@ -214,10 +221,14 @@ class QTAgent(Agent):
                 targets, valid = self.backup(batch, next_values.float(), next_valid)
             with self.autocast():
                 critic_loss, critic_metrics = self.critic.loss(states, actions, targets, valid, batch=batch)
+            critic_clip = tc.grad_clip if tc.critic_grad_clip == "grad_clip" else tc.critic_grad_clip
             self._step_optimizer(self.critic_optimizer, self.critic_scheduler, critic_loss, self.critic.parameters(),
-                                 tc.critic_grad_clip, "critic")
+                                 critic_clip, "critic")
             metrics.update(critic_metrics)
             metrics["target_valid_frac"] = valid.float().mean()
+            if diagnose:
+                with torch.no_grad():
+                    metrics.update(value_diagnostics(q_at_data(self.critic, states, actions), batch.returns, mask))
 
         # 2. Policy: behaviour cloning (+ next-state prediction) + eta * normalised Q term.
         with self.autocast():
@@ -230,7 +241,10 @@ class QTAgent(Agent):
                 members = torch.randperm(q.shape[0], generator=self.generator)
                 i, j = int(members[0]), int(members[-1])
                 q_loss = -_masked_mean(q[i], mask) / _masked_mean(q[j].abs(), mask).detach().clamp(min=1e-6)
-                loss = loss + tc.eta * q_loss
+                q_term = tc.eta * q_loss
+                if diagnose:
+                    metrics.update(gradient_balance(loss, q_term, self.policy.parameters()))
+                loss = loss + q_term
                 metrics["q_loss"] = q_loss.detach()
         self._step_optimizer(self.policy_optimizer, self.policy_scheduler, loss, self.policy.parameters(),
                              tc.grad_clip, "policy")
@@ -259,8 +273,7 @@ class QTAgent(Agent):
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step_update(num_updates=self.step + 1)
+        lr_schedule_update(scheduler, self.step + 1, self.train_config.lr_update_every)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -322,8 +335,9 @@ class QTAgent(Agent):
             while self.step < stop:
                 batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
                 batch = batch.to(self.device)
+                diagnose = (self.step + 1) % tc.log_every == 0 or self.step + 1 >= stop
                 try:
-                    metrics = self.train_step(batch)
+                    metrics = self.train_step(batch, diagnose=diagnose)
                 except TrainingError as exc:
                     where = f" The last good checkpoint is in {log_dir}." if log_dir else ""
                     raise TrainingError(f"{exc}{where}") from None

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from qtkit.agents.base import TrainConfig, make_lr_scheduler
+from qtkit.agents.diagnostics import q_at_data, value_diagnostics
 from qtkit.agents.qt import QTAgent
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
@@ -57,7 +58,8 @@ class QTransformerAgent(QTAgent):
         tc = self.train_config
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}  # one kernel per step
         self.critic_optimizer = create_optimizer_v2(self.critic.net, opt=tc.optimizer, lr=tc.lr,
-                                                    weight_decay=tc.weight_decay, **fused)
+                                                    weight_decay=tc.weight_decay,
+                                                    filter_bias_and_bn=not tc.decay_all_parameters, **fused)
         self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.lr)
         self.policy_optimizer = self.policy_scheduler = None
         self._total_steps = total_steps
@@ -67,8 +69,11 @@ class QTransformerAgent(QTAgent):
         self._policy_forward = None
         self._critic_loss = torch.compile(self.critic.loss)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One gradient step: targets from the target network and the backup, then the critic update."""
+    def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
+        """One gradient step: targets from the target network and the backup, then the critic update.
+
+        ``diagnose``: also return Q at the data's actions against Monte-Carlo returns (:mod:`qtkit.agents.diagnostics`).
+        """
         tc = self.train_config
         states = self.standardize(batch.observations)
         next_states = self.standardize(batch.next_observations)
@@ -86,4 +91,8 @@ class QTransformerAgent(QTAgent):
         self.step += 1
         self.critic.update_target(tc.tau)
         metrics["target_valid_frac"] = valid.float().mean()
+        if diagnose:
+            with torch.no_grad():
+                metrics.update(value_diagnostics(q_at_data(self.critic, states, batch.actions), batch.returns,
+                                                   batch.mask))
         return {k: float(v) for k, v in metrics.items()}

@@ -140,14 +140,25 @@ class GPTPolicy(nn.Module):
         next_states: Tensor,
         mask: Tensor,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_DT: mean over valid positions of ||â_t - a_t||² (+ weighted next-state MSE)."""
-        weights = mask.to(predicted_actions.dtype)
-        count = weights.sum().clamp(min=1.0)
-        action_loss = (((predicted_actions - actions) ** 2).sum(-1) * weights).sum() / count
+        """L_DT as the reference's ``F.mse_loss``: the MEAN over valid positions AND dimensions.
+
+        predicted_actions, actions [B, K, act]; predicted_next_states, next_states [B, K, obs] (standardised);
+        mask [B, K] (valid positions, contiguous per row). The action term averages (â - a)² over valid
+        positions and action dimensions, so ``eta`` does not depend on the action size. The next-state term
+        (weight ``next_state_weight``) averages over observation dimensions and only over positions t whose
+        next state is inside the window (t and t + 1 valid): the last position of a window has none, as
+        in the reference (``states[:, 1:]`` against ``state_preds[:, :-1]``).
+        """
+        valid = mask.bool()
+        count = valid.sum().clamp(min=1).to(predicted_actions.dtype)
+        errors = ((predicted_actions - actions) ** 2).mean(-1)  # [B, K]
+        action_loss = torch.where(valid, errors, 0.0).sum() / count  # padding (even NaN) never counts
         metrics = {"bc_loss": action_loss.detach()}
         loss = action_loss
         if predicted_next_states is not None and self.next_state_weight > 0:
-            state_loss = (((predicted_next_states - next_states) ** 2).sum(-1) * weights).sum() / count
+            has_next = valid[:, :-1] & valid[:, 1:]  # [B, K-1]
+            state_errors = ((predicted_next_states[:, :-1] - next_states[:, :-1]) ** 2).mean(-1)  # [B, K-1]
+            state_loss = torch.where(has_next, state_errors, 0.0).sum() / has_next.sum().clamp(min=1).to(count)
             loss = loss + self.next_state_weight * state_loss
             metrics["next_state_loss"] = state_loss.detach()
         return loss, metrics
