@@ -415,7 +415,8 @@ def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> Trajec
 # -------------------------------------------------------------------------------------------- env
 def register_robotics_envs() -> None:
     """Register gymnasium-robotics' envs (PointMaze...), without its import-time notice about Adroit
-    reward versions (printed to stderr; it concerns envs qtkit does not use)."""
+    reward versions (printed to stderr; it concerns envs qtkit does not use), and qtkit's D4RL maze2d
+    evaluation envs ``qtkit/Maze2D-*-v0`` (:mod:`qtkit.data.makers.maze2d`)."""
     import contextlib
     import io
     import sys
@@ -428,6 +429,9 @@ def register_robotics_envs() -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             import gymnasium_robotics
     gym.register_envs(gymnasium_robotics)
+    from qtkit.data.makers.maze2d import register_maze2d_envs
+
+    register_maze2d_envs()
 
 
 def _make_by_id(env_id: str, name: str, **kwargs: Any) -> Any:

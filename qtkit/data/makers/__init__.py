@@ -14,9 +14,15 @@ the same arrays.
 
 Makers:
 
-- ``pointmaze-{umaze,medium,large}-{sparse,dense}``: noisy BFS-waypoint + PD expert in PointMaze v3,
-  one continuous run with goals resampled on arrival, cut into fixed-length truncated episodes
-  (D4RL maze2d-style; the stitching setting). 100k umaze steps take ~25 s.
+- ``maze2d-{open,umaze,medium,large}`` / ``maze2d-{...}-dense``: D4RL's maze2d (the stitching setting
+  of QT's claim): (x, y, vx, vy) observations, the noisy BFS-waypoint + PD planner driving to random
+  goals in one continuous run cut at D4RL's timeouts (150 / 300 / 600 / 800 steps), rewards for ONE
+  fixed target cell (sparse: within 0.5; dense: exp(-distance)), evaluation env ``qtkit/Maze2D-*-v0``.
+  Default sizes D4RL's (1M / 1M / 2M / 4M steps).
+- ``pointmaze-{umaze,medium,large}-{sparse,dense}``: goal-conditioned PointMaze v3 data (desired_goal
+  in the observation, reward relative to the moving goal): the same noisy planner, one continuous run
+  with goals resampled on arrival, cut into fixed-length truncated episodes. Imitation alone reaches
+  the goal here, no stitching is needed. 100k umaze steps take ~25 s.
 - ``{hopper,halfcheetah,walker2d}-random``: uniform-random policy in the MuJoCo -v5 env.
 - ``{hopper,halfcheetah,walker2d}-medium-replay`` / ``-medium``: an online SAC run (stable-baselines3,
   ``pip install 'qtkit[makers]'``) stopped at the medium level: all it collected / rollouts of its
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from qtkit.data.makers import mujoco_random, pointmaze, sac
+from qtkit.data.makers import maze2d, mujoco_random, pointmaze, sac
 from qtkit.data.makers.common import Made
 from qtkit.data.makers.writer import (
     NAMESPACE,
@@ -82,12 +88,22 @@ class Maker:
 
 def _registry() -> dict[str, Maker]:
     makers: list[Maker] = []
+    for maze, spec in maze2d.MAZES.items():
+        for reward in ("sparse", "dense"):
+            makers.append(Maker(
+                name=f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}",
+                summary=f"D4RL maze2d, {reward} reward for fixed target cell {spec.target}, obs (x,y,vx,vy), "
+                        f"{spec.horizon}-step truncated episodes; eval env {maze2d.maze2d_env_id(maze, reward)}",
+                default_steps=spec.default_steps, build=partial(maze2d.make_maze2d, maze, reward),
+                default_noise=maze2d.DEFAULT_NOISE,
+            ))
     for maze in pointmaze.MAZES:
         for reward in ("sparse", "dense"):
             env_id = pointmaze.pointmaze_env_id(maze, reward)
             makers.append(Maker(
                 name=f"pointmaze-{maze}-{reward}",
-                summary=f"{env_id}: noisy BFS-waypoint+PD expert, continuous run cut into truncated episodes",
+                summary=f"{env_id}: goal-conditioned (desired_goal in obs, moving-goal reward), noisy "
+                        f"BFS-waypoint+PD expert, continuous run cut into truncated episodes",
                 default_steps=pointmaze.DEFAULT_STEPS[maze], build=partial(pointmaze.make_pointmaze, maze, reward),
                 default_noise=pointmaze.DEFAULT_NOISE,
             ))

@@ -1,12 +1,18 @@
-"""PointMaze datasets (gymnasium-robotics ``PointMaze_*-v3``) from a waypoint expert, D4RL maze2d-style.
+"""Goal-conditioned PointMaze datasets (gymnasium-robotics ``PointMaze_*-v3``) from a waypoint expert.
+
+These are goal-conditioned, like Minari's D4RL/pointmaze datasets: ``desired_goal`` is in the observation
+and the reward is relative to the moving goal, so imitation alone reaches the goal and no stitching is
+needed. D4RL's maze2d setting (flat (x, y, vx, vy) observations, rewards for one fixed target, where a
+learner must stitch) is :mod:`qtkit.data.makers.maze2d`, which reuses this module's expert and collector.
 
 The expert (D4RL's ``WaypointController`` idea): a breadth-first search over the maze's free cells from
 the goal cell (once per goal cell, cached) gives every cell the next cell on a shortest path; the action
 is a PD force towards that next cell's centre (or towards the goal itself inside the goal cell),
 ``clip(kp·(target − pos) − kd·vel, −1, 1)``, plus Gaussian noise ``N(0, noise²)`` and clipped again.
 
-Collection: one long continuous run in ``PointMaze_*-v3`` with ``continuing_task=True, reset_target=True``
-(a new goal is sampled as soon as one is reached, the ball is never reset), cut every ``episode_length``
+Collection (D4RL maze2d's procedure): one long continuous run in ``PointMaze_*-v3`` with
+``continuing_task=True, reset_target=True`` (a new goal is sampled as soon as one is reached, the ball
+is never reset), cut every ``episode_length``
 steps into episodes that end with a truncation; episode k+1 starts at episode k's final observation.
 Observations are stored as the env returns them: dicts ``observation`` (x, y, vx, vy), ``achieved_goal``
 (x, y) and ``desired_goal`` (x, y); actions are forces in [-1, 1]².
@@ -163,7 +169,8 @@ def make_pointmaze(
 
     ref_min, ref_max = _reference_scores(env_id, expert, episodes=ref_episodes, seed=seed)
     description = (
-        f"PointMaze {maze} ({reward} reward, {env_id}): {steps} steps of a shortest-path waypoint expert "
+        f"Goal-conditioned PointMaze {maze} ({reward} reward, {env_id}; desired_goal in the observation, reward "
+        f"relative to the moving goal): {steps} steps of a shortest-path waypoint expert "
         f"(BFS over maze cells + PD controller, kp={expert.kp}, kd={expert.kd}) with N(0, {noise}^2) action "
         f"noise, collected D4RL maze2d-style as one continuous run (continuing_task=True, reset_target=True: a "
         f"new goal is sampled whenever one is reached) cut into episodes of {length} steps that end in a "
