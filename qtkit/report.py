@@ -246,8 +246,10 @@ def _seconds(row: dict[str, Any]) -> str:
     return f"{row['seconds_mean']:.0f}" + (f" ({row['resumed']} resumed)" if row.get("resumed") else "")
 
 
-def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
-    """The report as Markdown: a header (budget, hardware, version, commit) and one ranked table per dataset."""
+def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any],
+                   diagnostics: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """The report as Markdown: a header (budget, hardware, version, commit), one ranked table per dataset and,
+    where methods log them, a value-diagnostics table per dataset (``diagnostics``: :func:`diagnostics_table`)."""
     lines = [f"# qtkit report: {meta.get('name', 'runs')}", ""]
     budget = meta.get("budget", {})
     lines.append(f"- budget: {', '.join(map(str, budget.get('steps', []))) or '?'} gradient steps per trial, "
@@ -285,6 +287,11 @@ def sweep_markdown(table: dict[str, list[dict[str, Any]]], meta: dict[str, Any])
                 f"{_seconds(row)} | {row['failed']} |"
             )
         lines += ["", f"![learning curves](curves_{dataset}.png)"]
+        if diagnostics and diagnostics.get(dataset):
+            lines += ["", f"Value diagnostics at the end of training (mean of each run's last {DIAGNOSTIC_TAIL} logged "
+                      "values, then mean ± std over seeds; qtkit/agents/diagnostics.py says what each one means):", ""]
+            lines += diagnostics_markdown(diagnostics[dataset])
+            lines += ["", f"![value diagnostics](diagnostics_{dataset}.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +327,125 @@ def sweep_curves_png(runs: list[dict[str, Any]], dataset: str, path: str | Path)
     ax.grid(alpha=0.3)
     if by_method:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+#: Value diagnostics (qtkit/agents/diagnostics.py) summarised per method in sweep reports.
+DIAGNOSTICS: tuple[str, ...] = ("q_mc_corr", "q_bias", "lq_grad_ratio", "lq_grad_cos", "target_valid_frac")
+#: A run's diagnostic value is the mean of its last this-many logged values (one batch each: noisy).
+DIAGNOSTIC_TAIL = 5
+
+
+def read_metrics(run_path: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as floats (empty cells dropped); ``[]`` when there is none."""
+    import csv
+    import math
+
+    path = Path(run_path) / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(number):
+                    parsed[key] = number
+            if "step" in parsed:
+                rows.append(parsed)
+    return rows
+
+
+def diagnostics_table(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per dataset, one row per method that logs value diagnostics: for each key of :data:`DIAGNOSTICS`,
+    ``(mean, std)`` over finished seeds of the mean of the run's last :data:`DIAGNOSTIC_TAIL` logged values."""
+    import numpy as np
+
+    groups: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for run in runs:
+        if run["state"] != "done":
+            continue
+        rows = read_metrics(run["path"])
+        tail = {}
+        for key in DIAGNOSTICS:
+            values = [r[key] for r in rows if key in r][-DIAGNOSTIC_TAIL:]
+            if values:
+                tail[key] = float(np.mean(values))
+        if tail:
+            groups.setdefault(run["dataset"], {}).setdefault(run["method"], []).append(tail)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dataset in sorted(groups):
+        out[dataset] = []
+        for method in sorted(groups[dataset]):
+            members = groups[dataset][method]
+            row: dict[str, Any] = {"method": method, "n": len(members)}
+            for key in DIAGNOSTICS:
+                row[key] = _mean_std([m[key] for m in members if key in m])
+            out[dataset].append(row)
+    return out
+
+
+def diagnostics_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of one dataset's value-diagnostics table."""
+    def cell(pair: tuple[float | None, float | None]) -> str:
+        mean, std = pair
+        if mean is None:
+            return "–"
+        return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+    lines = ["| method | seeds | Q–MC corr | Q − MC bias | ‖∇ηL_Q‖/‖∇L_DT‖ | cos(∇L_Q, ∇L_DT) | valid targets |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['n']} | " + " | ".join(cell(row[k]) for k in DIAGNOSTICS) + " |")
+    return lines
+
+
+def diagnostics_png(runs: list[dict[str, Any]], dataset: str, path: str | Path) -> Path | None:
+    """Q–MC correlation and the cosine between L_Q's and L_DT's gradients against steps, mean over seeds of each
+    method on ``dataset`` (finished runs); None when no run there logs diagnostics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = (("q_mc_corr", "corr(Q(s, a_data), MC return)"), ("lq_grad_cos", "cos(grad L_Q, grad L_DT)"))
+    by_method: dict[str, list[list[dict[str, float]]]] = {}
+    for run in runs:
+        if run["dataset"] == dataset and run["state"] == "done":
+            rows = [r for r in read_metrics(run["path"]) if "q_mc_corr" in r]
+            if rows:
+                by_method.setdefault(run["method"], []).append(rows)
+    if not by_method:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for method in sorted(by_method):
+            series = [{int(r["step"]): r[key] for r in rows if key in r} for rows in by_method[method]]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            steps = sorted(set.intersection(*[set(s) for s in series]))
+            if steps:
+                ax.plot(steps, np.mean([[s[t] for t in steps] for s in series], axis=0), label=f"{method} (n={len(series)})")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("gradient step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{dataset}: value diagnostics (mean over seeds)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,12 +494,15 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: 
         "trials": {"done": sum(r["state"] == "done" for r in runs), "failed": sum(r["state"] == "failed" for r in runs),
                    "unfinished": sum(r["state"] in ("pending", "running") for r in runs)},
     }
+    diagnostics = diagnostics_table(runs)
     for dataset in table:
         sweep_curves_png(runs, dataset, out / f"curves_{dataset}.png")
+        if dataset in diagnostics:
+            diagnostics_png(runs, dataset, out / f"diagnostics_{dataset}.png")
     failures = [{"run": r["path"], "error": r["status"].get("error")} for r in runs if r["state"] == "failed"]
-    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table,
+    atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table, "diagnostics": diagnostics,
                                                        "overall": overall_summary(table), "failures": failures},
                                                       indent=2, default=float))
     path = out / "report.md"
-    atomic_write_text(path, sweep_markdown(table, meta))
+    atomic_write_text(path, sweep_markdown(table, meta, diagnostics))
     return path

@@ -79,3 +79,21 @@ def test_diagnostics_do_not_change_training(preset: str) -> None:
         weights.append(agent.state_dict())
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
+
+
+def test_q_at_data_draws_no_randomness_and_restores_the_mode() -> None:
+    """The diagnostic pass runs in eval mode: no dropout masks drawn from the global RNG (which would shift
+    every later training step's dropout), deterministic values, and the critic's train mode restored."""
+    from qtkit.agents.diagnostics import q_at_data
+
+    data = pendulum_dataset(episodes=4, length=12)
+    agent = qtkit.build("qtransformer", dataset=data, backbone={**TINY["backbone"], "dropout": 0.5},
+                        critic={"bins": 16}, batch_size=8, context=4)
+    agent.critic.train()
+    batch = data.sample_windows(8, 4, agent.generator, rtg_scale=1.0)
+    states = agent.standardize(batch.observations)
+    before = torch.get_rng_state()
+    first = q_at_data(agent.critic, states, batch.actions)
+    assert torch.equal(before, torch.get_rng_state())
+    torch.testing.assert_close(first, q_at_data(agent.critic, states, batch.actions), rtol=0, atol=0)
+    assert agent.critic.training

@@ -132,3 +132,22 @@ def test_report_cli(runs: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "## maze" in result.output and (runs / "report.md").is_file()
     assert CliRunner().invoke(app, ["report", str(runs / "nope")]).exit_code == 2
+
+
+def test_value_diagnostics_table_and_plot(runs: Path, tmp_path: Path) -> None:
+    """Runs that log value diagnostics get a per-dataset table (mean of each run's last 5 logged values, then
+    mean ± std over seeds) and a PNG; methods without them (peers) are left out; unfinished runs do not count."""
+    for seed, corr in enumerate([0.2, 0.4, 0.6]):
+        rows = ["step,q_mc_corr,q_bias,lq_grad_ratio,lq_grad_cos,target_valid_frac,bc_loss"]
+        # 7 rows: the first two (corr 9.0) fall outside the last-5 tail and must not count
+        rows += [f"{s},{9.0 if s <= 2 else corr},-1.5,0.5,{-0.1 * seed},0.9,0.1" for s in range(1, 8)]
+        (runs / "maze" / "qt" / f"seed{seed}" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (runs / "maze" / "dt" / "seed0" / "metrics.csv").write_text("step,bc_loss\n1,0.5\n")  # no diagnostics
+    path = write_report(runs, tmp_path / "report", name="unit")
+    text = path.read_text()
+    assert "| qt | 3 | 0.40 ± 0.20 | -1.50 ± 0.00 | 0.50 ± 0.00 | -0.10 ± 0.10 | 0.90 ± 0.00 |" in text
+    assert "| dt |" not in text.split("Value diagnostics")[1].split("## ")[0]
+    assert (tmp_path / "report" / "diagnostics_maze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "report" / "diagnostics_hopper.png").exists()
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["diagnostics"]["maze"][0]["q_mc_corr"] == pytest.approx([0.4, 0.2])
