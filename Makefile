@@ -1,6 +1,6 @@
 # qtkit: two commands on a fresh machine.
 #   make test   creates .venv, installs qtkit with its test extras (pinned in constraints.txt), runs the suite
-#   make demo   makes a PointMaze dataset if missing, trains dt-gpt and qt-gpt-nstep, writes runs/demo/
+#   make demo   makes maze2d-umaze (D4RL semantics) if missing, trains dt-gpt and qt-maze2d side by side, writes runs/demo/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -185,9 +185,9 @@ def eval_cmd(
 def demo_cmd(
     out: str = typer.Option("runs/demo", "--out"),
     steps: int = typer.Option(None, "--steps", help="training steps per preset (default: the demo budget)"),
-    dataset: str = typer.Option("pointmaze-umaze-sparse", "--dataset", help="a qtkit maker name"),
+    dataset: str = typer.Option("maze2d-umaze", "--dataset", help="a qtkit maker name"),
 ) -> None:
-    """The main job: make a PointMaze dataset if missing, train dt-gpt and qt-gpt-nstep, compare them."""
+    """The main job: make D4RL-style maze2d-umaze if missing, train dt-gpt and qt-maze2d side by side, compare them."""
     from qtkit.demo import run_demo
 
     run_demo(out=out, steps=steps, dataset=dataset)
