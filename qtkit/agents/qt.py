@@ -68,8 +68,9 @@ _MALLOC_TUNED = False
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    weights = mask.to(x.dtype)
-    return (x * weights).sum() / weights.sum().clamp(min=1.0)
+    """Mean of ``x`` over the positions where ``mask`` holds; what the others hold (NaN included) never counts."""
+    mask = mask.bool()
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
 
 
 @register("agent", "qt")

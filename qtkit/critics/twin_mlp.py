@@ -111,12 +111,14 @@ class TwinMLPCritic(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """TD loss: sum over members of the mean squared error at valid targets."""
         q = self(states, actions)  # [E, B, K]
-        weights = valid.to(q.dtype)
-        count = weights.sum().clamp(min=1.0)
-        per_member = (((q - targets.unsqueeze(0)) ** 2) * weights).sum(dim=(1, 2)) / count
+        valid = valid.bool()
+        count = valid.sum().clamp(min=1).to(q.dtype)
+        # torch.where, not a multiply by the mask: an invalid target may hold anything, NaN included
+        errors = torch.where(valid, (q - targets.unsqueeze(0)) ** 2, 0.0)  # [E, B, K]
+        per_member = errors.sum(dim=(1, 2)) / count
         return per_member.sum(), {
             "critic_loss": per_member.sum().detach(),
-            "q_mean": ((q.detach() * weights).sum() / (count * self.ensemble)),
+            "q_mean": torch.where(valid, q.detach(), 0.0).sum() / (count * self.ensemble),
         }
 
     @torch.no_grad()
