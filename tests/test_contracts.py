@@ -28,9 +28,33 @@ def test_every_kind_has_components() -> None:
 @pytest.mark.parametrize(("kind", "name"), ALL, ids=[f"{k}:{n}" for k, n in ALL])
 class TestComponentContract:
     def test_builds_from_defaults(self, kind: str, name: str) -> None:
+        """Built from its name alone, a component is an instance of exactly the registered class (a built-in
+        one from its kind's folder), the resolved config holds every constructor default, and whatever the
+        object keeps under a parameter's name is that default (or the context value it was handed)."""
+        import torch
+
+        from tests.conftest import CONTEXT
+
+        entry = get_component(kind, name)
         component = build_component(kind, name)
-        assert component is not None
-        assert type(component).__name__  # a real object
+        assert inspect.isclass(entry.target) and type(component) is entry.target
+        folder = {"backbone": "backbones", "policy": "policies", "critic": "critics", "backup": "backups",
+                  "sampler": "samplers"}[kind]
+        if entry.module.startswith("qtkit."):
+            assert type(component).__module__.startswith(f"qtkit.{folder}."), type(component).__module__
+        if kind in ("backbone", "policy", "critic"):
+            assert isinstance(component, torch.nn.Module)
+        resolved = resolve_slot(kind, name, preset="p")
+        assert resolved == {"type": name, **entry.defaults()}
+        stored = {p: getattr(component, p) for p in entry.parameters() if hasattr(component, p)}
+        for param, value in stored.items():
+            assert value == resolved[param], f"{kind} {name!r} keeps {param}={value!r}, its default is {resolved[param]!r}"
+        for param in entry.context():
+            value = getattr(component, param, None)
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value, torch.tensor(CONTEXT[param], dtype=value.dtype), msg=param)
+            elif isinstance(value, int | float) and param in CONTEXT:
+                assert value == CONTEXT[param], param
 
     def test_every_parameter_has_a_default_and_docstring(self, kind: str, name: str) -> None:
         entry = get_component(kind, name)

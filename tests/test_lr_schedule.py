@@ -45,6 +45,22 @@ def test_none_keeps_the_optimiser_lr() -> None:
 
 
 def test_each_optimiser_uses_its_own_base_lr() -> None:
-    # the critic's schedule is built with critic_lr: constant must stay at that rate, not the policy's
-    got = lrs("constant", warmup=0, total=5, lr=3e-4)
-    assert got == pytest.approx([3e-4] * 5)
+    """The critic's schedule is built with critic_lr while ``config.lr`` is the policy's: a schedule follows the
+    ``lr`` it is given (warm-up from lr / 100, then lr or a decay from it), never ``config.lr``. The config here
+    has ANOTHER lr than the one passed, so a scheduler that reads ``config.lr`` fails."""
+    own, policy_lr, warmup, total = 3e-4, 5e-3, 4, 24
+    for scheduler in ("constant", "cosine"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=own)  # built with its own lr
+        config = TrainConfig(scheduler=scheduler, warmup_steps=warmup, min_lr=0.0, lr=policy_lr)
+        sched = make_lr_scheduler(optimizer, config, total, own)
+        got = []
+        for step in range(total):
+            sched.step_update(step)
+            got.append(optimizer.param_groups[0]["lr"])
+        assert got[0] == pytest.approx(own / 100), scheduler  # the warm-up starts from this optimiser's lr / 100
+        assert got[warmup] == pytest.approx(own), scheduler
+        assert max(got) == pytest.approx(own), scheduler  # never the policy's rate
+        if scheduler == "constant":
+            assert got[warmup:] == pytest.approx([own] * (total - warmup))
+        else:
+            assert got[-1] < own / 10 and all(a >= b for a, b in itertools.pairwise(got[warmup:]))

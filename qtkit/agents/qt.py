@@ -236,9 +236,12 @@ class QTAgent(Agent):
             predicted, predicted_next = self._policy_forward(states, actions, rtg, timesteps, mask)
             loss, policy_metrics = self.policy.bc_loss(predicted, predicted_next, actions, next_states, mask)
             if self.critic is not None and tc.eta > 0:
-                self.critic.requires_grad_(False)
+                trainable = [p for p in self.critic.parameters() if p.requires_grad]  # not the target copy
+                for p in trainable:
+                    p.requires_grad_(False)  # L_Q's gradient reaches the policy only
                 q = self._critic_forward(states, predicted)  # [E, B, K]
-                self.critic.requires_grad_(True)
+                for p in trainable:
+                    p.requires_grad_(True)
                 members = torch.randperm(q.shape[0], generator=self.generator)
                 i, j = int(members[0]), int(members[-1])
                 q_loss = -_masked_mean(q[i], mask) / _masked_mean(q[j].abs(), mask).detach().clamp(min=1e-6)
