@@ -351,7 +351,9 @@ class QTAgent(Agent):
                     logger.log(self.step, metrics)
                 if eval_env is not None and ((eval_every and self.step % eval_every == 0) or done):
                     result = self.evaluate(eval_env, episodes=eval_episodes, seed=tc.seed + 10_000)
-                    self.policy.train()
+                    self.policy.train()  # evaluation leaves the modules in eval mode: back to training (dropout)
+                    if self.critic is not None:
+                        self.critic.train()
                     history.append({"step": self.step, **{k: v for k, v in result.items() if k != "returns"}})
                     logger.log(self.step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
                 if log_dir is not None and (done or (checkpoint_every and self.step % checkpoint_every == 0)):
