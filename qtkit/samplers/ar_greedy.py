@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from qtkit.critics.base import AutoregressiveCritic
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler
@@ -55,10 +56,10 @@ class ARGreedySampler(Sampler):
         self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """``(actions [E, act], zeros [E] long)`` from the last ``critic.state_window`` states of ``ctx``."""
-        if critic is None or not callable(getattr(critic, "decode", None)):
+        if not isinstance(critic, AutoregressiveCritic):
             raise ConfigError("sampler 'ar-greedy' decodes actions from an autoregressive critic ('ar-q'); "
                               f"this agent has {type(critic).__name__ if critic is not None else 'none'}.")
-        w = int(getattr(critic, "state_window", 1))
+        w = int(critic.state_window)
         states, mask = ctx.states[:, -w:], ctx.mask[:, -w:]
         choose = None if self.temperature == 0 and self.epsilon == 0 else self._chooser(generator)
         bins, _ = critic.decode(states, mask, choose)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,12 +37,15 @@ class Sampler:
     """Base of samplers: turns a rollout context into one action per environment.
 
     Subclasses set ``needs_critic``, implement :meth:`select` and, for several rows, :meth:`initial_rtg`.
-    ``targets`` are return targets in raw reward units; the agent fills them from the dataset when
-    a preset leaves them empty.
+    ``targets`` are return targets in raw reward units; when a preset leaves them empty (None), the agent
+    takes ``target_fractions`` of the dataset's best episode return instead.
     """
 
     needs_critic: bool = False
     num_rows: int = 1
+    #: Return targets in raw reward units, or None: ``target_fractions`` of the dataset's best return.
+    targets: list[float] | None = None
+    target_fractions: Sequence[float] = (1.0,)
 
     def initial_rtg(self, num_envs: int, targets: list[float], rtg_scale: float, generator: torch.Generator) -> Tensor:
         """Scaled initial return-to-go of every candidate row: [E, N]. Default: one row at the first target."""
