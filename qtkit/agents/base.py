@@ -211,6 +211,7 @@ class Agent(abc.ABC):
 
     def compile_modules(self) -> None:
         """Route the training passes through ``torch.compile`` (``train.compile``); default: nothing to compile."""
+        return None
 
     # ------------------------------------------------------------------ introspection
     @property
