@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -26,6 +27,8 @@ from qtkit.config import dump_yaml
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 
 if TYPE_CHECKING:
+    from timm.scheduler.scheduler import Scheduler
+
     from qtkit.agents.evaluation import Rollout
     from qtkit.backups.base import Backup
     from qtkit.critics.base import Critic
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
     from qtkit.samplers.base import Sampler
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, lr: float) -> Any:
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
+                      lr: float) -> Scheduler | None:
     """The LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
 
     The schedule spans ``config.lr_schedule_steps`` when set (the reference QT code's cosine spans
@@ -61,7 +65,7 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, tot
     return sched
 
 
-def lr_schedule_update(scheduler: Any, step: int, every: int = 1) -> None:
+def lr_schedule_update(scheduler: Scheduler | None, step: int, every: int = 1) -> None:
     """Set the LR of a :func:`make_lr_scheduler` schedule for the update after gradient step ``step``.
 
     ``every > 1`` changes the LR only every ``every`` steps, to its value at the last multiple of
@@ -187,8 +191,8 @@ class Agent(abc.ABC):
         torch.manual_seed(tc.seed)
         self.policy_optimizer: torch.optim.Optimizer | None = None
         self.critic_optimizer: torch.optim.Optimizer | None = None
-        self.policy_scheduler: Any = None
-        self.critic_scheduler: Any = None
+        self.policy_scheduler: Scheduler | None = None
+        self.critic_scheduler: Scheduler | None = None
         self._total_steps: int | None = None
         self.eval_history: list[dict[str, Any]] = []  # evaluations during fit (kept across resumes)
         self._compiled = False
@@ -276,7 +280,7 @@ class Agent(abc.ABC):
             torch.backends.cudnn.allow_tf32 = True
         return device
 
-    def autocast(self) -> Any:
+    def autocast(self) -> torch.autocast:
         enabled = self.train_config.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -312,8 +316,8 @@ class Agent(abc.ABC):
         return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
 
     # ------------------------------------------------------------------ training
-    def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Any, loss: Tensor,
-                       parameters: Any, clip: float | None, what: str) -> None:
+    def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Scheduler | None, loss: Tensor,
+                       parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
         LR of the next step. A non-finite ``loss`` (``what``: "policy", "critic") raises a TrainingError and
         changes nothing."""

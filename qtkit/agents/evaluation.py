@@ -65,8 +65,8 @@ class Rollout:
                 f"agent {agent.name!r} expects observations of shape [{self.num_envs}, {agent.shapes['obs_dim']}] "
                 f"(num_envs, obs_dim), got {list(obs.shape)}."
             )
-        for name in ("states", "actions", "timesteps", "mask"):
-            setattr(ctx, name, torch.roll(getattr(ctx, name), -1, dims=1))
+        ctx.states, ctx.actions, ctx.timesteps, ctx.mask = (
+            torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
         ctx.states[:, -1] = agent.standardize(obs)
         ctx.actions[:, -1] = 0.0
