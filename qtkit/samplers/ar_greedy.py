@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from qtkit.critics.base import AutoregressiveCritic
+from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler
+
+if TYPE_CHECKING:
+    from qtkit.policies.base import Policy
 
 
 @register("sampler", "ar-greedy")
@@ -53,7 +57,7 @@ class ARGreedySampler(Sampler):
 
     @torch.no_grad()
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """``(actions [E, act], zeros [E] long)`` from the last ``critic.state_window`` states of ``ctx``."""
         if not isinstance(critic, AutoregressiveCritic):

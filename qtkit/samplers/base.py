@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from qtkit.critics.base import Critic
+    from qtkit.policies.base import Policy
 
 
 @dataclass
@@ -52,13 +57,13 @@ class Sampler:
         return torch.full((num_envs, 1), float(targets[0]) / rtg_scale)
 
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Return ``(actions [E, act], chosen row [E])`` for the current step."""
         raise NotImplementedError
 
 
-def candidate_actions(policy: torch.nn.Module, ctx: RolloutContext) -> Tensor:
+def candidate_actions(policy: Policy, ctx: RolloutContext) -> Tensor:
     """Run the policy once on the E * N candidate rows; return their current actions [E, N, act].
 
     States, actions and timesteps are shared by the rows of an environment; only the return-to-go
