@@ -144,11 +144,6 @@ def keep_freed_memory() -> bool:
 
 _MALLOC_TUNED = False
 
-#: The optimiser and LR-scheduler slots an agent has (a family leaves the ones it does not use at None);
-#: their states are saved under these names in a checkpoint's resume state.
-OPTIMIZER_SLOTS = ("policy_optimizer", "critic_optimizer", "policy_scheduler", "critic_scheduler")
-
-
 class Agent(abc.ABC):
     """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
     ``sampler``), and everything every family does the same way: the dataset's statistics, the fit
@@ -201,8 +196,12 @@ class Agent(abc.ABC):
     # ------------------------------------------------------------------ what a family provides
     @abc.abstractmethod
     def make_optimizers(self, total_steps: int) -> None:
-        """Create the family's optimisers and LR schedulers (the :data:`OPTIMIZER_SLOTS` it uses) for a run of
-        ``total_steps`` gradient steps, and set ``self._total_steps``. Called by :meth:`fit` and on resume."""
+        """Create the family's optimisers and LR schedulers for a run of ``total_steps`` gradient steps, and set
+        ``self._total_steps``. Called by :meth:`fit` and on resume.
+
+        The slots are ``policy_optimizer``, ``critic_optimizer``, ``policy_scheduler`` and ``critic_scheduler``
+        (a family leaves the ones it does not use at None); checkpoints save their states under these names.
+        """
 
     @abc.abstractmethod
     def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
@@ -455,6 +454,7 @@ class Agent(abc.ABC):
         return weights
 
     def _optimizer_slots(self) -> dict[str, Any]:
+        """The optimisers and schedulers by the names their states have in a checkpoint (None: unused)."""
         return {"policy_optimizer": self.policy_optimizer, "critic_optimizer": self.critic_optimizer,
                 "policy_scheduler": self.policy_scheduler, "critic_scheduler": self.critic_scheduler}
 
