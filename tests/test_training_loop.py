@@ -118,13 +118,9 @@ def test_non_finite_loss_names_the_last_checkpoint(tmp_path: Path) -> None:
     assert "checkpoint" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect kept by the loop refactor (numbers must not move): after an evaluation during fit only the "
-    "policy goes back to training mode (Agent.train_mode); the critic stays in eval mode, so an ar-q critic "
-    "trains without dropout after the first evaluation, and a resumed run (critic back in training mode) "
-    "diverges from the straight one. Fix: Agent.train_mode also calls critic.train() (moves the numbers of "
-    "runs with eval_every and a dropout critic)."))
 def test_resume_is_exact_after_an_evaluation_with_a_dropout_critic(tmp_path: Path) -> None:
+    """Regression: after an evaluation during fit only the policy went back to training mode, so an ar-q critic
+    trained without dropout from then on and a resumed run (critic in training mode) diverged."""
     import gymnasium as gym
 
     import qtkit

@@ -335,12 +335,14 @@ class Agent(abc.ABC):
         lr_schedule_update(scheduler, self.step + 1, self.train_config.lr_update_every)
 
     def train_mode(self) -> None:
-        """Back to training after an evaluation during :meth:`fit` (the shared loop calls it).
+        """Back to training after an evaluation during :meth:`fit` (the shared loop calls it): policy and critic.
 
-        As before the shared loop, only the policy is switched back: the critic keeps the eval mode that
-        the evaluation's rollout set (it matters only for a critic with dropout, e.g. ``ar-q``).
+        (Before 2026-12-02 only the policy was switched back, so an ``ar-q`` critic trained without dropout after
+        the first evaluation and a resume after an evaluation was not exact.)
         """
         self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
 
     def fit(
         self,
