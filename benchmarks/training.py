@@ -7,7 +7,7 @@
 
 Training: both agents are built with ``qtkit.build`` (reference = the presets' defaults; small =
 backbone width 128 / depth 3 / heads 1 / MLP 512, batch 64), prepared and given their optimizers
-exactly as ``fit`` does (``prepare`` -> ``to(device)`` -> ``_make_optimizers`` -> train mode), then
+exactly as ``fit`` does (``prepare`` -> ``to(device)`` -> ``make_optimizers`` -> train mode), then
 ``agent.train_step(batch)`` is timed on fresh ``sample_windows`` batches of synthetic hopper-sized
 data (obs 11, act 3; sampling is outside the timer). DT and QT steps alternate in one loop, so the
 QT/DT ratio is measured under the same load; the table gives the median seconds per step and the
@@ -29,7 +29,7 @@ step, the same batches; ratios are medians of per-step ratios against ``plain``)
 - ``fast+ema``: also the EMA bootstrap pass asks for actions only (``predict_next=False``; proposed
   change to ``QTAgent.train_step``);
 - ``fast+ema+fused``: also fused AdamW (``create_optimizer_v2(..., fused=True)``; proposed change
-  to ``QTAgent._make_optimizers``).
+  to ``QTAgent.make_optimizers``).
 
 ``--what qtransformer`` times ``qtransformer`` (the ``ar-q`` critic alone: bootstrap, target pass, loss,
 backward, AdamW, polyak) against ``qt-gpt-nstep`` with the same backbone size, on the same data, steps of
@@ -96,7 +96,7 @@ def build(preset: str, size: str, dataset: TrajectoryDataset, device: str, prese
     agent = qtkit.build(preset, dataset=dataset, device=device, **{**size_overrides, **extra})
     agent.prepare(dataset)
     agent.to(agent.resolve_device())
-    agent._make_optimizers(agent.train_config.steps)
+    agent.make_optimizers(agent.train_config.steps)
     agent.policy.train()
     if agent.critic is not None:
         agent.critic.train()
@@ -154,13 +154,13 @@ def apply_variant(agent: Any, variant: str) -> Any:
     if "ema" in parts and agent.ema_policy is not None:
         agent.ema_policy.forward = functools.partial(type(agent.ema_policy).forward, agent.ema_policy,
                                                      predict_next=False)
-    if "fused" in parts:  # _make_optimizers as it would be with fused=True passed to timm
+    if "fused" in parts:  # make_optimizers as it would be with fused=True passed to timm
         import timm.optim
 
         create = timm.optim.create_optimizer_v2
         timm.optim.create_optimizer_v2 = functools.partial(create, fused=True)
         try:
-            agent._make_optimizers(agent.train_config.steps)
+            agent.make_optimizers(agent.train_config.steps)
         finally:
             timm.optim.create_optimizer_v2 = create
     return agent
@@ -173,7 +173,7 @@ def step_gflop(agent: Any, batch: Any) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     clone = copy.deepcopy(agent)
-    clone._make_optimizers(clone.train_config.steps)
+    clone.make_optimizers(clone.train_config.steps)
     with FlopCounterMode(display=False) as counter:
         clone.train_step(batch)
     return counter.get_total_flops() / 1e9

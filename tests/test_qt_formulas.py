@@ -27,7 +27,7 @@ def ready_agent(data: TrajectoryDataset, **overrides: object) -> qtkit.agents.qt
     agent = qtkit.build("qt-gpt-nstep", dataset=data, **{**TINY, "device": "cpu", **overrides})
     agent.prepare(data)
     agent.to("cpu")
-    agent._make_optimizers(100)
+    agent.make_optimizers(100)
     return agent
 
 

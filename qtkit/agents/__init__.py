@@ -1,4 +1,5 @@
-"""Agent families (kind ``agent``): own the training loop, optimisers, EMA/targets, checkpoints."""
+"""Agent families (kind ``agent``): siblings on the :class:`Agent` base, each providing its optimisers and
+training step; the training loop they share is :mod:`qtkit.training`."""
 
 from qtkit.agents.base import Agent
 from qtkit.agents.qt import QTAgent

@@ -1,19 +1,44 @@
-"""The agent base: owns components, config, device; families add training and acting."""
+"""The agent base: what every agent family shares, and the LR schedules.
+
+:class:`Agent` owns the components (typed against their interfaces: :class:`~qtkit.policies.base.Policy`,
+:class:`~qtkit.critics.base.Critic`, :class:`~qtkit.backups.base.Backup`, :class:`~qtkit.samplers.base.Sampler`),
+the config, the device, the dataset's statistics, acting and evaluation, checkpoints and exact resume, and
+:meth:`Agent.fit`, which hands the training to the shared loop (:func:`qtkit.training.train`). A family
+(``qt``, ``qtransformer``) subclasses it and provides only what is its own: its ``TrainConfig``, its
+optimisers (:meth:`Agent.make_optimizers`) and its training step (:meth:`Agent.train_step`). Families are
+siblings: none subclasses another.
+"""
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
+from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+
+if TYPE_CHECKING:
+    from timm.scheduler.scheduler import Scheduler
+
+    from qtkit.agents.evaluation import Rollout
+    from qtkit.backups.base import Backup
+    from qtkit.critics.base import Critic
+    from qtkit.data import Batch, TrajectoryDataset
+    from qtkit.policies.base import Policy
+    from qtkit.samplers.base import Sampler
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, lr: float) -> Any:
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
+                      lr: float) -> Scheduler | None:
     """The LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
 
     The schedule spans ``config.lr_schedule_steps`` when set (the reference QT code's cosine spans
@@ -40,7 +65,7 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, tot
     return sched
 
 
-def lr_schedule_update(scheduler: Any, step: int, every: int = 1) -> None:
+def lr_schedule_update(scheduler: Scheduler | None, step: int, every: int = 1) -> None:
     """Set the LR of a :func:`make_lr_scheduler` schedule for the update after gradient step ``step``.
 
     ``every > 1`` changes the LR only every ``every`` steps, to its value at the last multiple of
@@ -91,19 +116,53 @@ class TrainConfig:
                               f"got {self.lr_schedule_steps!r}.")
 
 
-class Agent:
-    """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
-    ``sampler``). Subclasses (agent families) define ``TrainConfig`` and the training step."""
+def keep_freed_memory() -> bool:
+    """glibc only, once per process: keep freed blocks in the heap instead of handing them back to the kernel.
 
-    TrainConfig: ClassVar[type]
+    By default every allocation over 32 MiB (a reference-size activation) is a fresh ``mmap`` whose
+    pages are faulted in and zeroed at every training step (~250k-620k page faults, 1-2.5 s of system
+    time per reference CPU step): ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``
+    make them reuse the heap (0 faults after ~3 steps; benchmarks/RESULTS.md). Process-wide and
+    permanent: the process keeps its peak heap until it exits. ``QTKIT_MALLOC=default`` skips it.
+    Returns whether it was applied.
+    """
+    import ctypes
+    import os
+    import sys
+
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not sys.platform.startswith("linux") or os.environ.get("QTKIT_MALLOC") == "default":
+        return _MALLOC_TUNED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        _MALLOC_TUNED = False
+    return _MALLOC_TUNED
+
+
+_MALLOC_TUNED = False
+
+class Agent(abc.ABC):
+    """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
+    ``sampler``), and everything every family does the same way: the dataset's statistics, the fit
+    set-up around the shared training loop, acting and evaluation, checkpoints and exact resume.
+
+    A family (subclass) defines ``TrainConfig`` (the schema of a preset's ``train`` section), creates its
+    optimisers in :meth:`make_optimizers` and does one gradient step in :meth:`train_step`; it may route
+    its training passes through ``torch.compile`` (:meth:`compile_modules`).
+    """
+
+    TrainConfig: ClassVar[type[TrainConfig]]
 
     def __init__(
         self,
         config: dict[str, Any],
-        policy: Any = None,
-        critic: Any = None,
-        backup: Any = None,
-        sampler: Any = None,
+        policy: Policy,
+        critic: Critic | None = None,
+        backup: Backup | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.config = copy.deepcopy(config)
         self.train_config = self.TrainConfig(**config["train"])
@@ -112,6 +171,50 @@ class Agent:
         self.backup = backup
         self.sampler = sampler
         self.device = torch.device("cpu")
+        tc = self.train_config
+        obs_dim = self.shapes["obs_dim"]
+        # taken from the training dataset by prepare() and saved with the weights / the resume state
+        self.obs_mean = torch.zeros(obs_dim)
+        self.obs_std = torch.ones(obs_dim)
+        self.return_targets: list[float] | None = None  # raw units, set from the dataset at fit
+        self.ref_scores: tuple[float, float] | None = None
+        self.env_spec: str | None = None  # the dataset's env (id or EnvSpec JSON), for evaluate()
+        self.dataset_id: str | None = None  # the training dataset's id, for error messages
+        # training state: the step counter, the batch generator, the optimisers (make_optimizers, at fit)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)
+        self.policy_optimizer: torch.optim.Optimizer | None = None
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.policy_scheduler: Scheduler | None = None
+        self.critic_scheduler: Scheduler | None = None
+        self._total_steps: int | None = None
+        self.eval_history: list[dict[str, Any]] = []  # evaluations during fit (kept across resumes)
+        self._compiled = False
+        self._rollout: Rollout | None = None
+
+    # ------------------------------------------------------------------ what a family provides
+    @abc.abstractmethod
+    def make_optimizers(self, total_steps: int) -> None:
+        """Create the family's optimisers and LR schedulers for a run of ``total_steps`` gradient steps, and set
+        ``self._total_steps``. Called by :meth:`fit` and on resume.
+
+        The slots are ``policy_optimizer``, ``critic_optimizer``, ``policy_scheduler`` and ``critic_scheduler``
+        (a family leaves the ones it does not use at None); checkpoints save their states under these names.
+        """
+
+    @abc.abstractmethod
+    def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
+        """One gradient step on ``batch`` (on the agent's device); advances :attr:`step` by one.
+
+        ``diagnose``: also return the value diagnostics (:mod:`qtkit.agents.diagnostics`); the update is the
+        same. Returns the step's metrics as floats. A non-finite loss raises :class:`~qtkit.errors.TrainingError`
+        (see :meth:`step_optimizer`).
+        """
+
+    def compile_modules(self) -> None:
+        """Route the training passes through ``torch.compile`` (``train.compile``); default: nothing to compile."""
+        return None
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -123,12 +226,11 @@ class Agent:
         return dict(self.config["shapes"])
 
     def modules(self) -> dict[str, nn.Module]:
-        """The trainable modules of the agent, by slot."""
-        return {
-            slot: module
-            for slot in ("policy", "critic")
-            if isinstance(module := getattr(self, slot), nn.Module)
-        }
+        """The modules whose weights the agent saves, by slot."""
+        out: dict[str, nn.Module] = {"policy": self.policy}
+        if self.critic is not None:
+            out["critic"] = self.critic
+        return out
 
     def num_parameters(self) -> dict[str, int]:
         return {slot: sum(p.numel() for p in m.parameters()) for slot, m in self.modules().items()}
@@ -165,3 +267,253 @@ class Agent:
 
     def train_config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.train_config)
+
+    # ------------------------------------------------------------------ set-up
+    def resolve_device(self) -> torch.device:
+        wanted = self.train_config.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(wanted)
+        if device.type == "cuda" and self.train_config.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return device
+
+    def autocast(self) -> torch.autocast:
+        enabled = self.train_config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def check_dataset(self, dataset: TrajectoryDataset) -> None:
+        """Agent and dataset must agree on observation and action sizes (names both shapes)."""
+        for key, theirs in (("obs_dim", int(dataset.obs_dim)), ("act_dim", int(dataset.act_dim))):
+            mine = self.shapes[key]
+            if mine != theirs:
+                raise ShapeMismatchError(
+                    f"agent {self.name!r} was built with {key}={mine} but dataset "
+                    f"{dataset.metadata.get('dataset_id', dataset)!r} has {key}={theirs}. Build the agent "
+                    "with qtkit.build(..., dataset=dataset) so the shapes come from the data."
+                )
+
+    def prepare(self, dataset: TrajectoryDataset) -> None:
+        """Take observation statistics, return targets and reference scores from the dataset."""
+        self.check_dataset(dataset)
+        self.obs_mean = torch.tensor(np.array(dataset.obs_mean), dtype=torch.float32)
+        self.obs_std = torch.tensor(np.array(dataset.obs_std), dtype=torch.float32)
+        best = float(np.max(dataset.episode_returns))
+        targets = self.sampler.targets if self.sampler is not None else None
+        fractions = self.sampler.target_fractions if self.sampler is not None else [1.0]
+        self.return_targets = list(targets) if targets else [best * f for f in fractions]
+        lo, hi = dataset.metadata.get("ref_min_score"), dataset.metadata.get("ref_max_score")
+        self.ref_scores = (float(lo), float(hi)) if lo is not None and hi is not None else None
+        self.dataset_id = dataset.metadata.get("dataset_id")
+        spec = dataset.metadata.get("eval_env_spec") or dataset.metadata.get("env_spec") or dataset.metadata.get("env_id")
+        self.env_spec = spec if spec is None or isinstance(spec, str) else spec.to_json()  # an EnvSpec
+        if self.critic is not None:
+            self.critic.prepare(dataset)  # e.g. ar-q resolves its conservative floor from the rewards
+
+    def standardize(self, observations: Tensor) -> Tensor:
+        return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+
+    # ------------------------------------------------------------------ training
+    def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Scheduler | None, loss: Tensor,
+                       parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
+        """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
+        LR of the next step. A non-finite ``loss`` (``what``: "policy", "critic") raises a TrainingError and
+        changes nothing."""
+        if optimizer is None:
+            raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite {what} loss ({float(loss.detach())}) at step {self.step}; the step was not applied. "
+                "Lower the learning rate or eta, check the dataset for extreme values, or raise grad clipping."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+        lr_schedule_update(scheduler, self.step + 1, self.train_config.lr_update_every)
+
+    def train_mode(self) -> None:
+        """Back to training after an evaluation during :meth:`fit` (the shared loop calls it): policy and critic.
+
+        (Before 2026-12-02 only the policy was switched back, so an ``ar-q`` critic trained without dropout after
+        the first evaluation and a resume after an evaluation was not exact.)
+        """
+        self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
+
+    def fit(
+        self,
+        dataset: TrajectoryDataset | str,
+        steps: int | None = None,
+        *,
+        eval_env: Any = None,
+        eval_every: int | None = None,
+        eval_episodes: int | None = None,
+        log_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        until: int | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train for ``steps`` gradient steps (default ``train.steps``) on ``dataset``.
+
+        Evaluates on ``eval_env`` every ``eval_every`` steps and at the end; writes metrics (CSV,
+        TensorBoard) and a checkpoint to ``log_dir``; ``resume`` continues a checkpoint exactly.
+        ``until`` stops early at that step (the LR schedule still spans ``steps``), e.g. to train in chunks.
+        Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
+
+        Sets the agent up (statistics, device, optimisers, or everything from the checkpoint), then runs the
+        shared training loop (:func:`qtkit.training.train`), which owns the schedule, logging and results.
+        """
+        from qtkit.training import Schedule, train
+
+        if isinstance(dataset, str):
+            from qtkit.data import load_dataset
+
+            dataset = load_dataset(dataset)
+        tc = self.train_config
+        if dataset.gamma != tc.gamma:  # Monte-Carlo returns must use the agent's discount
+            dataset = dataset.with_gamma(tc.gamma)
+        total = int(steps if steps is not None else tc.steps)
+        if resume is not None:
+            self._restore(resume, dataset)
+            total = self._total_steps or total
+        else:
+            self.prepare(dataset)
+            self.to(self.resolve_device())
+            self.make_optimizers(total)
+            self.eval_history = []
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        if tc.compile and not self._compiled:
+            self.compile_modules()
+            self._compiled = True
+        self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
+
+        def next_batch() -> Batch:
+            batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
+            return batch.to(self.device)
+
+        schedule = Schedule(steps=total, until=until, log_every=tc.log_every, eval_every=eval_every,
+                            eval_episodes=eval_episodes or tc.eval_episodes, eval_seed=tc.seed + 10_000,
+                            checkpoint_every=checkpoint_every)
+        return train(self, next_batch, schedule, eval_env=eval_env, log_dir=log_dir, progress=progress)
+
+    # ------------------------------------------------------------------ acting
+    def evaluate(self, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
+                 progress: bool = False, normalized: bool | None = None) -> dict[str, Any]:
+        """Run ``episodes`` episodes with the sampler; mean/std return and normalised score.
+
+        ``normalized``: None reports the normalised score when the training dataset had reference
+        scores; True requires it (a :class:`~qtkit.errors.DataError` names the dataset otherwise).
+        """
+        from qtkit.agents.evaluation import evaluate_agent
+
+        if normalized and self.ref_scores is None:
+            from qtkit.errors import DataError
+
+            raise DataError(
+                f"agent {self.name!r} cannot report a normalised score: its training dataset "
+                f"{self.dataset_id or '(unknown)'!r} has no reference scores (ref_min_score / ref_max_score). "
+                "Load the dataset with qtkit.data.load_dataset(..., ref_min_score=R_random, ref_max_score=R_expert) "
+                "before fit, or evaluate raw returns (normalized=None)."
+            )
+        return evaluate_agent(self, env, episodes=episodes, seed=seed, num_envs=num_envs, progress=progress)
+
+    def rollout(self, num_envs: int = 1, seed: int = 0) -> Rollout:
+        """A stateful acting context for ``num_envs`` environments (see :class:`~qtkit.agents.evaluation.Rollout`)."""
+        from qtkit.agents.evaluation import Rollout
+
+        return Rollout(self, num_envs=num_envs, seed=seed)
+
+    def act(self, observations: Any, rollout: Rollout | None = None) -> np.ndarray:
+        """Actions for one observation ``[obs]`` or a batch ``[E, obs]`` (numpy). Keeps the context in
+        ``rollout`` (default: an internal one, reset by :meth:`reset`); call ``rollout.observe(rewards, dones)``
+        after each env step so the return-to-go histories advance."""
+        obs = np.asarray(observations, dtype=np.float32)
+        single = obs.ndim == 1
+        obs = obs[None] if single else obs
+        if rollout is None:
+            if self._rollout is None or self._rollout.num_envs != obs.shape[0]:
+                self._rollout = self.rollout(num_envs=obs.shape[0], seed=self.train_config.seed)
+            rollout = self._rollout
+        action = rollout.act(obs)
+        return action[0] if single else action
+
+    def reset(self) -> None:
+        self._rollout = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _weights(self) -> dict[str, Tensor]:
+        weights = self.state_dict()
+        weights["obs_mean"] = self.obs_mean
+        weights["obs_std"] = self.obs_std
+        return weights
+
+    def _optimizer_slots(self) -> dict[str, Any]:
+        """The optimisers and schedulers by the names their states have in a checkpoint (None: unused)."""
+        return {"policy_optimizer": self.policy_optimizer, "critic_optimizer": self.critic_optimizer,
+                "policy_scheduler": self.policy_scheduler, "critic_scheduler": self.critic_scheduler}
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self._total_steps,
+            "return_targets": self.return_targets,
+            "ref_scores": self.ref_scores,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **{name: None if o is None else o.state_dict() for name, o in self._optimizer_slots().items()},
+            "eval_history": self.eval_history,
+            "env_spec": self.env_spec,
+            "dataset_id": self.dataset_id,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Save config (YAML), weights (safetensors) and the resume state, atomically."""
+        from qtkit.checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, self.config, self._weights(), self._state())
+
+    def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
+        self.obs_mean = weights.pop("obs_mean")
+        self.obs_std = weights.pop("obs_std")
+        self.load_state_dict(weights)
+        self.return_targets = state.get("return_targets")
+        self.ref_scores = tuple(state["ref_scores"]) if state.get("ref_scores") else None
+        self.step = int(state.get("step", 0))
+        self.eval_history = list(state.get("eval_history") or [])
+        self.env_spec = state.get("env_spec")
+        self.dataset_id = state.get("dataset_id")
+
+    def _restore(self, directory: str | Path, dataset: TrajectoryDataset) -> None:
+        from qtkit.checkpoint import read_checkpoint
+
+        config, weights, state = read_checkpoint(directory)
+        mine = {k: v for k, v in self.config.items() if k not in ("description",)}
+        theirs = {k: v for k, v in config.items() if k not in ("description",)}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CheckpointError(
+                f"cannot resume {self.name!r} from {str(directory)!r}: the checkpoint was made by preset "
+                f"{config.get('name')!r} with a different config (differs in: {', '.join(diff)}). Resume with "
+                f"qtkit.load({str(directory)!r}).fit(...), or start a new run."
+            )
+        self.check_dataset(dataset)
+        self.load_weights(weights, state)
+        self.to(self.resolve_device())
+        self.make_optimizers(int(state["total_steps"]))
+        for name, target in self._optimizer_slots().items():
+            saved = state.get(name)
+            if target is not None and saved is not None:
+                target.load_state_dict(saved)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from qtkit.errors import ConfigError, ShapeMismatchError
 from qtkit.samplers.base import RolloutContext
+
+if TYPE_CHECKING:
+    from qtkit.agents.base import Agent
 
 
 class Rollout:
@@ -21,7 +24,7 @@ class Rollout:
     with the rewards and done flags; finished envs start a fresh history.
     """
 
-    def __init__(self, agent: Any, num_envs: int = 1, seed: int = 0) -> None:
+    def __init__(self, agent: Agent, num_envs: int = 1, seed: int = 0) -> None:
         if agent.return_targets is None:
             raise ConfigError(
                 f"agent {agent.name!r} has no return targets yet: train it with fit(dataset) or load a "
@@ -33,7 +36,10 @@ class Rollout:
         self.generator = torch.Generator().manual_seed(seed)
         obs_dim, act_dim = agent.shapes["obs_dim"], agent.shapes["act_dim"]
         device = agent.device
-        rows = agent.sampler.num_rows
+        if agent.sampler is None:
+            raise ConfigError(f"agent {agent.name!r} has no sampler to act with: give its preset a sampler slot.")
+        self.sampler = agent.sampler
+        rows = self.sampler.num_rows
         self.ctx = RolloutContext(
             states=torch.zeros(num_envs, self.K, obs_dim, device=device),
             actions=torch.zeros(num_envs, self.K, act_dim, device=device),
@@ -45,7 +51,8 @@ class Rollout:
         self.current_rtg = self._initial_rtg(num_envs)
 
     def _initial_rtg(self, n: int) -> torch.Tensor:
-        rtg = self.agent.sampler.initial_rtg(n, self.agent.return_targets, self.rtg_scale, self.generator)
+        assert self.agent.return_targets is not None
+        rtg = self.sampler.initial_rtg(n, self.agent.return_targets, self.rtg_scale, self.generator)
         return rtg.to(self.agent.device)
 
     @torch.no_grad()
@@ -58,8 +65,8 @@ class Rollout:
                 f"agent {agent.name!r} expects observations of shape [{self.num_envs}, {agent.shapes['obs_dim']}] "
                 f"(num_envs, obs_dim), got {list(obs.shape)}."
             )
-        for name in ("states", "actions", "timesteps", "mask"):
-            setattr(ctx, name, torch.roll(getattr(ctx, name), -1, dims=1))
+        ctx.states, ctx.actions, ctx.timesteps, ctx.mask = (
+            torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
         ctx.states[:, -1] = agent.standardize(obs)
         ctx.actions[:, -1] = 0.0
@@ -70,7 +77,7 @@ class Rollout:
         if agent.critic is not None:
             agent.critic.eval()
         with agent.autocast():
-            actions, _ = agent.sampler.select(agent.policy, agent.critic, ctx, self.generator)
+            actions, _ = self.sampler.select(agent.policy, agent.critic, ctx, self.generator)
         actions = actions.float()
         ctx.actions[:, -1] = actions
         return actions.cpu().numpy()
@@ -92,16 +99,17 @@ class Rollout:
             self.current_rtg[index] = self._initial_rtg(len(index))
 
 
-def _env_factory(env: Any, agent: Any) -> tuple[Callable[[], Any] | None, Any]:
-    """``(factory, single_env)``: how to make evaluation envs from an id, a factory, a dataset or an env."""
+def _env_factory(env: Any, agent: Agent | None) -> tuple[Callable[[], Any] | None, Any]:
+    """``(factory, single_env)``: how to make evaluation envs from an id, a factory, a dataset or an env
+    (None: the ``agent``'s training env)."""
     import gymnasium as gym
 
     if env is None:
-        env = getattr(agent, "env_spec", None)
+        env = agent.env_spec if agent is not None else None
         if env is None:
             raise ConfigError(
-                f"agent {getattr(agent, 'name', '')!r} does not know its environment: pass env=... (a gymnasium id, an env, "
-                "a factory or the dataset)."
+                f"agent {agent.name if agent is not None else ''!r} does not know its environment: pass env=... "
+                "(a gymnasium id, an env, a factory or the dataset)."
             )
     if isinstance(env, str):
         spec: Any = env
@@ -187,7 +195,7 @@ def run_episodes(envs: Any, actor: Any, episodes: int, seed: int = 0,
     return result
 
 
-def evaluate_agent(agent: Any, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
+def evaluate_agent(agent: Agent, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
                    progress: bool = False) -> dict[str, Any]:
     """Run ``episodes`` evaluation episodes (seeded) in parallel environments (see :func:`run_episodes`).
 

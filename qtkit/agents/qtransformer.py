@@ -1,9 +1,11 @@
 """The Q-Transformer agent: an autoregressive Q-function is both the learner and the policy.
 
 ALGORITHMS.md §6. There is no separate policy network: the ``ar-argmax`` policy (or the
-``ar-greedy`` sampler) decodes the critic's per-dimension argmax. Training is the critic update
-alone, with the preset's backup (``nstep-mc-max`` by default) giving the last dimension's
-target. Fitting, evaluation, checkpoints and resuming are shared with the QT family.
+``ar-greedy`` sampler) decodes the critic's per-dimension argmax. What is the family's own: its
+``train`` parameters, the critic's optimiser and the training step, the critic update alone, with
+the preset's backup (``nstep-mc-max`` by default) giving the last dimension's target. Fitting,
+evaluation, checkpoints and resuming are the agent base's and the shared loop's, as for the QT family
+(a sibling: neither subclasses the other).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any
 
 import torch
 
-from qtkit.agents.base import TrainConfig, make_lr_scheduler
+from qtkit.agents.base import Agent, TrainConfig, make_lr_scheduler
 from qtkit.agents.diagnostics import q_at_data, value_diagnostics
-from qtkit.agents.qt import QTAgent
+from qtkit.backups.base import Backup
+from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
+from qtkit.policies.base import CriticPolicy, Policy
 from qtkit.registry import register
+from qtkit.samplers.base import Sampler
 
 
 @dataclass
@@ -35,24 +40,25 @@ class QTransformerTrainConfig(TrainConfig):
 
 
 @register("agent", "qtransformer")
-class QTransformerAgent(QTAgent):
+class QTransformerAgent(Agent):
     """Q-Transformer: an ``ar-q`` critic trained by autoregressive TD + conservative regularisation."""
 
     TrainConfig = QTransformerTrainConfig
+    critic: AutoregressiveCritic
 
-    def __init__(self, config: dict[str, Any], policy: Any = None, critic: Any = None,
-                 backup: Any = None, sampler: Any = None) -> None:
-        if critic is None or not callable(getattr(critic, "greedy", None)):
+    def __init__(self, config: dict[str, Any], policy: Policy, critic: Critic | None = None,
+                 backup: Backup | None = None, sampler: Sampler | None = None) -> None:
+        if not isinstance(critic, AutoregressiveCritic):
             raise ConfigError(
                 f"preset {config.get('name')!r}: agent 'qtransformer' needs an autoregressive critic with "
                 f"greedy() (critic 'ar-q'), got {type(critic).__name__ if critic is not None else 'none'}."
             )
         super().__init__(config, policy, critic, backup, sampler)
-        if policy is not None and hasattr(policy, "attach"):
+        if isinstance(policy, CriticPolicy):
             policy.attach(critic)
-        self._critic_loss: Any = critic.loss
+        self._critic_loss: Any = critic.loss  # torch.compile'd when train.compile (compile_modules)
 
-    def _make_optimizers(self, total_steps: int) -> None:
+    def make_optimizers(self, total_steps: int) -> None:
         from timm.optim import create_optimizer_v2
 
         tc = self.train_config
@@ -66,7 +72,6 @@ class QTransformerAgent(QTAgent):
 
     def compile_modules(self) -> None:
         """Route the critic's training loss through ``torch.compile`` (weights and checkpoints unchanged)."""
-        self._policy_forward = None
         self._critic_loss = torch.compile(self.critic.loss)
 
     def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
@@ -75,19 +80,20 @@ class QTransformerAgent(QTAgent):
         ``diagnose``: also return Q at the data's actions against Monte-Carlo returns (:mod:`qtkit.agents.diagnostics`).
         """
         tc = self.train_config
-        states = self.standardize(batch.observations)
+        assert self.backup is not None
+        states = self.standardize(batch.observations)  # [B, K, obs]
         next_states = self.standardize(batch.next_observations)
 
         # 1. Last-dimension targets: the backup bootstrapped with max_b Q̄_1(s', b) (every step has s').
         with torch.no_grad(), self.autocast():
             next_values, next_valid = self.critic.bootstrap(states, next_states, None, batch.mask)
-            targets, valid = self.backup(batch, next_values.float(), next_valid)
+            targets, valid = self.backup(batch, next_values.float(), next_valid)  # [B, K] each
 
         # 2. Critic: per-dimension TD (+ Monte-Carlo lower bound) + conservative term, then polyak.
         with self.autocast():
             loss, metrics = self._critic_loss(states, batch.actions, targets, valid, batch=batch)
-        self._step_optimizer(self.critic_optimizer, self.critic_scheduler, loss, self.critic.parameters(),
-                             tc.grad_clip, "critic")
+        self.step_optimizer(self.critic_optimizer, self.critic_scheduler, loss, self.critic.parameters(),
+                            tc.grad_clip, "critic")
         self.step += 1
         self.critic.update_target(tc.tau)
         metrics["target_valid_frac"] = valid.float().mean()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,12 +44,9 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import hidden_at
 from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
-from qtkit.critics.base import soft_update
+from qtkit.critics.base import AutoregressiveCritic, Chooser, soft_update
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.registry import register
-
-#: ``choose(q [N, bins], dim) -> bins [N] long``: how :meth:`ARQCritic.decode` picks each dimension's bin.
-Chooser = Callable[[Tensor, int], Tensor]
 
 
 class ARQNet(nn.Module):
@@ -147,7 +144,7 @@ class ARQNet(nn.Module):
 
 
 @register("critic", "ar-q")
-class ARQCritic(nn.Module):
+class ARQCritic(AutoregressiveCritic):
     """Q-Transformer critic: per-dimension Q over action bins from a causal backbone (autoregressive argmax).
 
     ``bins`` per dimension; ``state_window`` observations of history; ``heads`` twin Q heads (min for
@@ -156,7 +153,7 @@ class ARQCritic(nn.Module):
     resolved by :meth:`prepare`); ``mc_lower_bound``: every dimension's target is at least ``batch.returns``.
     """
 
-    needs_policy_actions = False
+    needs_policy_actions = False  # bootstraps with max over the last dimension's bins
     #: :meth:`decode` uses the backbone's key/value cache when it ``supports_kv_cache``; False forces the
     #: recompute path (one :meth:`next_q` pass per dimension), e.g. to compare the two.
     use_kv_cache: bool = True

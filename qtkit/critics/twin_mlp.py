@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from qtkit.critics.base import soft_update
+from qtkit.critics.base import Critic, soft_update
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 
@@ -32,7 +33,7 @@ class EnsembleLinear(nn.Module):
 
 
 @register("critic", "twin-mlp")
-class TwinMLPCritic(nn.Module):
+class TwinMLPCritic(Critic):
     """An ensemble of MLP Q-functions (twin by default); targets use the min over target members."""
 
     needs_policy_actions = True
@@ -107,9 +108,9 @@ class TwinMLPCritic(nn.Module):
         return next_values, next_valid
 
     def loss(
-        self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, **_: Tensor
+        self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, batch: Any = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """TD loss: sum over members of the mean squared error at valid targets."""
+        """TD loss: sum over members of the mean squared error at valid targets (``batch`` is not read)."""
         q = self(states, actions)  # [E, B, K]
         valid = valid.bool()
         count = valid.sum().clamp(min=1).to(q.dtype)

@@ -274,6 +274,53 @@ def _load(directory: Path, setup: _Setup) -> dict[str, Any]:
     return state
 
 
+class _PeerLearner:
+    """A d3rlpy algorithm as the shared loop's learner (:class:`qtkit.training.Trainable`): d3rlpy's own update
+    is the training step, evaluation uses qtkit's episodes and seeds, checkpoints are :func:`_save` folders."""
+
+    def __init__(self, setup: _Setup, ref_scores: tuple[float, float] | None, target_return: float) -> None:
+        self.setup, self.ref_scores, self.target_return = setup, ref_scores, target_return
+        self.step = 0
+        self.eval_history: list[dict[str, Any]] = []
+        self._sums: dict[str, float] = {}  # losses since the last logged step
+        self._count = 0
+
+    def train_step(self, batch: Any, diagnose: bool = False) -> dict[str, float]:
+        """``algo.update(batch)``; on the steps the loop logs (``diagnose``), the mean losses since the last one."""
+        losses = self.setup.algo.update(batch)
+        self.step += 1
+        self._count += 1
+        for key, value in losses.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        if not diagnose:
+            return {}
+        means = {k: v / self._count for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
+
+    def _actor(self, n: int) -> Any:
+        if self.setup.peer.sequence:
+            return _DTActor(self.setup.algo, n, self.target_return)
+        return _QActor(self.setup.algo)
+
+    def evaluate(self, env: Any, episodes: int, seed: int) -> dict[str, Any]:
+        from qtkit.peers.evaluation import evaluate_actor
+
+        return evaluate_actor(self._actor, env, episodes=episodes, seed=seed, ref_scores=self.ref_scores)
+
+    def train_mode(self) -> None:
+        """Nothing to switch: d3rlpy's ``update`` sets its own modes."""
+
+    def save(self, directory: Path) -> None:
+        import torch
+
+        _save(directory, self.setup, {
+            "step": self.step, "grad_step": self.setup.algo.grad_step, "eval_history": self.eval_history,
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        })
+
+
 def fit_peer(
     name: str,
     dataset: Any,
@@ -294,67 +341,23 @@ def fit_peer(
     Evaluates on ``eval_env`` (a dataset, env id or factory) every ``eval_every`` steps and at the end with
     ``eval_episodes`` episodes seeded ``seed + 10000 + i`` (as qtkit agents do); returns and writes
     ``{"steps", "final", "best", "metrics", "evaluations"}`` (``summary.json``, ``metrics.csv``, ``checkpoint/``).
+    The schedule, logging (losses averaged over each ``log_every`` steps, as d3rlpy logs them), results and
+    files are the shared training loop's (:func:`qtkit.training.train`).
     """
-    import torch
-
-    from qtkit.agents.logger import MetricsLogger
-    from qtkit.checkpoint import atomic_write_text
-    from qtkit.peers.evaluation import evaluate_actor
+    from qtkit.training import Schedule, train
 
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}.")
     params = resolve_peer_params(name, params)
     setup = _Setup(name, dataset, steps, params, seed)
-    step, history = 0, []
-    if resume is not None and Path(resume).is_dir():
-        state = _load(Path(resume), setup)
-        step, history = int(state["step"]), list(state["eval_history"])
     lo, hi = dataset.metadata.get("ref_min_score"), dataset.metadata.get("ref_max_score")
     ref = (float(lo), float(hi)) if lo is not None and hi is not None else None
     target = params.get("target_return")
     target = float(np.max(dataset.episode_returns)) if target is None else float(target)
-
-    def actor(n: int) -> Any:
-        return _DTActor(setup.algo, n, target) if setup.peer.sequence else _QActor(setup.algo)
-
-    logger = MetricsLogger(log_dir, total=steps, start=step, progress=progress)
-    log_every = max(1, int(params["log_every"]))
-    sums: dict[str, float] = {}
-    count = 0
-    try:
-        while step < steps:
-            losses = setup.algo.update(setup.sample())
-            step += 1
-            count += 1
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            logger.advance()
-            done = step >= steps
-            if step % log_every == 0 or done:
-                logger.log(step, {k: v / count for k, v in sums.items()})
-                sums, count = {}, 0
-            if eval_env is not None and ((eval_every and step % eval_every == 0) or done):
-                result = evaluate_actor(actor, eval_env, episodes=eval_episodes, seed=seed + 10_000, ref_scores=ref)
-                history.append({"step": step, **{k: v for k, v in result.items() if k != "returns"}})
-                logger.log(step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
-            if log_dir is not None and (done or (checkpoint_every and step % checkpoint_every == 0)):
-                _save(Path(log_dir) / "checkpoint", setup, {
-                    "step": step, "grad_step": setup.algo.grad_step, "eval_history": history,
-                    "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                    "torch_rng": torch.get_rng_state(),
-                })
-    finally:
-        logger.close()
-    scored = [h for h in history if h.get("normalized_score") is not None] or history
-    key = "normalized_score" if scored and scored[0].get("normalized_score") is not None else "mean_return"
-    summary = {
-        "steps": step,
-        "final": history[-1] if history else None,
-        "best": max(scored, key=lambda h: h[key]) if scored else None,
-        "metrics": logger.rows,
-        "evaluations": history,
-    }
-    if log_dir is not None:
-        atomic_write_text(Path(log_dir) / "summary.json", json.dumps(
-            {k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=float))
-    return summary
+    learner = _PeerLearner(setup, ref, target)
+    if resume is not None and Path(resume).is_dir():
+        state = _load(Path(resume), setup)
+        learner.step, learner.eval_history = int(state["step"]), list(state["eval_history"])
+    schedule = Schedule(steps=steps, log_every=max(1, int(params["log_every"])), eval_every=eval_every,
+                        eval_episodes=eval_episodes, eval_seed=seed + 10_000, checkpoint_every=checkpoint_every)
+    return train(learner, setup.sample, schedule, eval_env=eval_env, log_dir=log_dir, progress=progress)

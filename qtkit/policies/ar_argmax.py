@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from qtkit.critics.base import AutoregressiveCritic
 from qtkit.errors import ConfigError
+from qtkit.policies.base import CriticPolicy
 from qtkit.registry import register
 
 
 @register("policy", "ar-argmax")
-class ARArgmaxPolicy(nn.Module):
+class ARArgmaxPolicy(CriticPolicy):
     """The greedy action of an autoregressive critic (``undiscretize(critic.greedy(s))``); no parameters.
 
     The agent attaches its critic once after building (:meth:`attach`). The critic is stored outside
@@ -29,19 +30,19 @@ class ARArgmaxPolicy(nn.Module):
         self.register_buffer("action_high", torch.as_tensor(list(action_high), dtype=torch.float32))
         self.__dict__["_critic"] = None  # not an nn.Module attribute: no duplicated weights
 
-    def attach(self, critic: Any) -> ARArgmaxPolicy:
-        """Use ``critic`` (an ``ar-q`` critic: ``histories``, ``greedy``, ``undiscretize``) for every action."""
-        for method in ("histories", "greedy", "undiscretize"):
-            if not callable(getattr(critic, method, None)):
-                raise ConfigError(
-                    f"policy 'ar-argmax' needs an autoregressive critic with {method}() (critic 'ar-q'), "
-                    f"got {type(critic).__name__}."
-                )
+    def attach(self, critic: AutoregressiveCritic) -> ARArgmaxPolicy:  # type: ignore[override]
+        """Use ``critic`` (an :class:`~qtkit.critics.base.AutoregressiveCritic`: ``histories``, ``greedy``,
+        ``undiscretize``) for every action."""
+        if not isinstance(critic, AutoregressiveCritic):
+            raise ConfigError(
+                "policy 'ar-argmax' needs an autoregressive critic with histories(), greedy() and undiscretize() "
+                f"(critic 'ar-q'), got {type(critic).__name__}."
+            )
         self.__dict__["_critic"] = critic
         return self
 
     @property
-    def critic(self) -> Any:
+    def critic(self) -> AutoregressiveCritic:
         """The attached critic (raises if none)."""
         critic = self.__dict__.get("_critic")
         if critic is None:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import hidden_at
 from qtkit.errors import ConfigError
+from qtkit.policies.base import BCPolicy
 from qtkit.registry import register
 
 
@@ -27,7 +28,7 @@ def check_bounded(action_low: Sequence[float], action_high: Sequence[float], who
 
 
 @register("policy", "gpt")
-class GPTPolicy(nn.Module):
+class GPTPolicy(BCPolicy):
     """DT tokens (R̂_t, s_t, a_t) + timestep embedding -> causal backbone -> tanh action from s_t."""
 
     def __init__(
@@ -66,7 +67,7 @@ class GPTPolicy(nn.Module):
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
 
-    #: ``forward`` takes ``predict_next`` and ``last_only`` (samplers check this before passing them).
+    #: ``forward`` takes ``predict_next`` and ``last_only`` (see :attr:`qtkit.policies.base.Policy.supports_last_only`).
     supports_last_only = True
 
     def forward(

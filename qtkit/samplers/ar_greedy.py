@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler
+
+if TYPE_CHECKING:
+    from qtkit.policies.base import Policy
 
 
 @register("sampler", "ar-greedy")
@@ -52,13 +57,13 @@ class ARGreedySampler(Sampler):
 
     @torch.no_grad()
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """``(actions [E, act], zeros [E] long)`` from the last ``critic.state_window`` states of ``ctx``."""
-        if critic is None or not callable(getattr(critic, "decode", None)):
+        if not isinstance(critic, AutoregressiveCritic):
             raise ConfigError("sampler 'ar-greedy' decodes actions from an autoregressive critic ('ar-q'); "
                               f"this agent has {type(critic).__name__ if critic is not None else 'none'}.")
-        w = int(getattr(critic, "state_window", 1))
+        w = int(critic.state_window)
         states, mask = ctx.states[:, -w:], ctx.mask[:, -w:]
         choose = None if self.temperature == 0 and self.epsilon == 0 else self._chooser(generator)
         bins, _ = critic.decode(states, mask, choose)

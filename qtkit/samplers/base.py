@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from qtkit.critics.base import Critic
+    from qtkit.policies.base import Policy
 
 
 @dataclass
@@ -36,25 +42,28 @@ class Sampler:
     """Base of samplers: turns a rollout context into one action per environment.
 
     Subclasses set ``needs_critic``, implement :meth:`select` and, for several rows, :meth:`initial_rtg`.
-    ``targets`` are return targets in raw reward units; the agent fills them from the dataset when
-    a preset leaves them empty.
+    ``targets`` are return targets in raw reward units; when a preset leaves them empty (None), the agent
+    takes ``target_fractions`` of the dataset's best episode return instead.
     """
 
     needs_critic: bool = False
     num_rows: int = 1
+    #: Return targets in raw reward units, or None: ``target_fractions`` of the dataset's best return.
+    targets: list[float] | None = None
+    target_fractions: Sequence[float] = (1.0,)
 
     def initial_rtg(self, num_envs: int, targets: list[float], rtg_scale: float, generator: torch.Generator) -> Tensor:
         """Scaled initial return-to-go of every candidate row: [E, N]. Default: one row at the first target."""
         return torch.full((num_envs, 1), float(targets[0]) / rtg_scale)
 
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Return ``(actions [E, act], chosen row [E])`` for the current step."""
         raise NotImplementedError
 
 
-def candidate_actions(policy: torch.nn.Module, ctx: RolloutContext) -> Tensor:
+def candidate_actions(policy: Policy, ctx: RolloutContext) -> Tensor:
     """Run the policy once on the E * N candidate rows; return their current actions [E, N, act].
 
     States, actions and timesteps are shared by the rows of an environment; only the return-to-go

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -10,6 +10,10 @@ from torch import Tensor
 from qtkit.errors import ConfigError
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler, candidate_actions, choose
+
+if TYPE_CHECKING:
+    from qtkit.critics.base import Critic
+    from qtkit.policies.base import Policy
 
 
 def _check_selection(name: str, selection: str, temperature: float) -> None:
@@ -58,7 +62,7 @@ class RTGGridSampler(Sampler):
 
     @torch.no_grad()
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         actions = candidate_actions(policy, ctx)  # [E, N, act]
         if critic is None:
@@ -85,7 +89,7 @@ class SingleRTGSampler(Sampler):
 
     @torch.no_grad()
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         actions = candidate_actions(policy, ctx)[:, 0]
         return actions, torch.zeros(ctx.num_envs, dtype=torch.long, device=actions.device)
@@ -116,7 +120,7 @@ class GaussianSampler(Sampler):
 
     @torch.no_grad()
     def select(
-        self, policy: torch.nn.Module, critic: torch.nn.Module | None, ctx: RolloutContext, generator: torch.Generator
+        self, policy: Policy, critic: Critic | None, ctx: RolloutContext, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         if critic is None:
             raise ConfigError("sampler 'gaussian' scores candidates with a critic; this agent has none.")

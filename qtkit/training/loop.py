@@ -1,0 +1,142 @@
+"""One training loop for every learner: QT and Q-Transformer agents (:meth:`qtkit.agents.base.Agent.fit`) and
+the d3rlpy peers (:func:`qtkit.peers.d3rlpy_runners.fit_peer`).
+
+The loop owns the schedule and everything around the gradient steps: when to log (every ``log_every``
+steps and at the last one, with the value diagnostics on exactly those steps), when to evaluate (every
+``eval_every`` steps and at the end), when to checkpoint (every ``checkpoint_every`` steps and at the end),
+stopping early at ``until`` (training in chunks, continued by a resume), the metrics files (``metrics.csv``,
+TensorBoard: :class:`~qtkit.agents.logger.MetricsLogger`), the final and best evaluations and
+``summary.json``. A learner (:class:`Trainable`) provides the gradient step, evaluation and saving; the
+caller provides the batches. Exact resume is the learner's part: it restores its weights, optimisers,
+step and random states, then runs the loop again from its step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from qtkit.errors import TrainingError
+
+
+class Trainable(Protocol):
+    """What :func:`train` drives (an agent, or a peer's adapter).
+
+    ``step``: gradient steps taken so far (``train_step`` advances it by one); ``eval_history``: the
+    evaluations of this run so far, one dict per evaluation (the loop appends to it; the learner saves it
+    with its checkpoint, so a resumed run keeps them).
+    """
+
+    step: int
+    eval_history: list[dict[str, Any]]
+
+    def train_step(self, batch: Any, diagnose: bool = False) -> dict[str, float]:
+        """One gradient step; returns the metrics to log. ``diagnose`` is True exactly on the steps the loop
+        logs (extra diagnostics may be computed then)."""
+        ...
+
+    def evaluate(self, env: Any, episodes: int, seed: int) -> dict[str, Any]:
+        """Evaluation episodes on ``env`` (seeded ``seed + i``): ``mean_return``, ... (see
+        :func:`qtkit.agents.evaluation.run_episodes`)."""
+        ...
+
+    def train_mode(self) -> None:
+        """Back to training after an evaluation."""
+        ...
+
+    def save(self, directory: Path) -> Any:
+        """Write a checkpoint folder that an exact resume continues from."""
+        ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the loop logs, evaluates and checkpoints.
+
+    ``steps``: the run's gradient steps (what the LR schedule spans); ``until``: stop at this step instead
+    (train in chunks; the next chunk resumes the checkpoint); ``log_every``: metrics every that many steps
+    and at the last one (the value diagnostics are computed on those steps); ``eval_every``: an evaluation of
+    ``eval_episodes`` episodes seeded ``eval_seed + i`` every that many steps (None: only at the end);
+    ``checkpoint_every``: a checkpoint every that many steps (None: only at the end).
+    """
+
+    steps: int
+    until: int | None = None
+    log_every: int = 100
+    eval_every: int | None = None
+    eval_episodes: int = 10
+    eval_seed: int = 10_000
+    checkpoint_every: int | None = None
+
+    @property
+    def stop(self) -> int:
+        """The step this call of the loop stops at."""
+        return min(self.steps, self.until) if self.until is not None else self.steps
+
+
+def summarize(step: int, history: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"steps", "final", "best", "metrics", "evaluations"}``: ``final`` is the last evaluation, ``best``
+    the one with the highest normalised score (the highest mean return when no evaluation has one)."""
+    scored = [h for h in history if h.get("normalized_score") is not None] or history
+    key = "normalized_score" if scored and scored[0].get("normalized_score") is not None else "mean_return"
+    return {
+        "steps": step,
+        "final": history[-1] if history else None,
+        "best": max(scored, key=lambda h: h[key]) if scored else None,
+        "metrics": rows,
+        "evaluations": history,
+    }
+
+
+def train(
+    learner: Trainable,
+    next_batch: Callable[[], Any],
+    schedule: Schedule,
+    *,
+    eval_env: Any = None,
+    log_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``learner`` from its current step to ``schedule.stop`` on batches from ``next_batch()``.
+
+    Logs, evaluates on ``eval_env`` and checkpoints to ``log_dir / "checkpoint"`` as ``schedule`` says; writes
+    ``metrics.csv``, TensorBoard events and ``summary.json`` under ``log_dir`` (when given). A
+    :class:`~qtkit.errors.TrainingError` (a non-finite loss) is raised again naming the folder that holds the
+    last good checkpoint. Returns :func:`summarize`'s dict.
+    """
+    from qtkit.agents.logger import MetricsLogger
+    from qtkit.checkpoint import atomic_write_text
+
+    stop, every = schedule.stop, schedule.log_every
+    logger = MetricsLogger(log_dir, total=schedule.steps, start=learner.step, progress=progress)
+    try:
+        while learner.step < stop:
+            batch = next_batch()
+            logged = (learner.step + 1) % every == 0 or learner.step + 1 >= stop  # this step's metrics are logged
+            try:
+                metrics = learner.train_step(batch, diagnose=logged)
+            except TrainingError as exc:
+                where = f" The last good checkpoint is in {log_dir}." if log_dir else ""
+                raise TrainingError(f"{exc}{where}") from None
+            logger.advance()
+            step = learner.step
+            done = step >= stop
+            if step % every == 0 or done:
+                logger.log(step, metrics)
+            if eval_env is not None and ((schedule.eval_every and step % schedule.eval_every == 0) or done):
+                result = learner.evaluate(eval_env, episodes=schedule.eval_episodes, seed=schedule.eval_seed)
+                learner.train_mode()
+                learner.eval_history.append({"step": step, **{k: v for k, v in result.items() if k != "returns"}})
+                logger.log(step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
+            if log_dir is not None and (done or (schedule.checkpoint_every and step % schedule.checkpoint_every == 0)):
+                learner.save(Path(log_dir) / "checkpoint")
+    finally:
+        logger.close()
+    summary = summarize(learner.step, learner.eval_history, logger.rows)
+    if log_dir is not None:
+        atomic_write_text(Path(log_dir) / "summary.json", json.dumps(
+            {k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=float))
+    return summary
