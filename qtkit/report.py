@@ -62,6 +62,19 @@ def learning_curves_png(evaluations: dict[str, list[dict[str, Any]]], metrics: d
     return path
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (a hidden temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 # ----------------------------------------------------------------------------- sweep reports
 def _git_commit() -> str:
     """Short commit of the qtkit checkout (``+dirty`` with local changes), or ``unknown``."""
@@ -328,13 +341,7 @@ def sweep_curves_png(runs: list[dict[str, Any]], dataset: str, path: str | Path)
     if by_method:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 #: Value diagnostics (qtkit/agents/diagnostics.py) summarised per method in sweep reports.
@@ -447,13 +454,7 @@ def diagnostics_png(runs: list[dict[str, Any]], dataset: str, path: str | Path) 
             ax.legend(fontsize=8)
     fig.suptitle(f"{dataset}: value diagnostics (mean over seeds)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: str | None = None) -> Path:
