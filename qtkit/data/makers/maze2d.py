@@ -46,8 +46,16 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from qtkit.data.makers.common import Made, close_env, derive_seed, episode_buffer, mean_return, uniform_policy
-from qtkit.data.makers.pointmaze import DEFAULT_NOISE, REQUIREMENTS, WaypointExpert, _collect, _import_robotics
+from qtkit.data.makers.common import Made, close_env
+from qtkit.data.makers.pointmaze import (
+    DEFAULT_NOISE,
+    REQUIREMENTS,
+    WaypointExpert,
+    _collect,
+    _import_robotics,
+    cut_into_episodes,
+    reference_scores,
+)
 from qtkit.errors import ConfigError
 
 __all__ = [
@@ -256,23 +264,10 @@ def make_maze2d(
     del obs_arr
     rew = target_rewards(obs[1:, :2], target, reward)
 
-    episodes = []
-    for start in range(0, steps, length):
-        stop = min(start + length, steps)
-        n = stop - start
-        truncations = np.zeros(n, dtype=bool)
-        truncations[-1] = True
-        episodes.append(episode_buffer(obs[start : stop + 1], act[start:stop], rew[start:stop],
-                                       np.zeros(n, dtype=bool), truncations, seed=seed if start == 0 else None))
-
-    env = gym.make(env_id)
-    try:
-        eval_seed = derive_seed(seed, 2)
-        rng = np.random.default_rng(derive_seed(seed, 3))
-        ref_min = mean_return(env, uniform_policy(env.action_space, rng), ref_episodes, eval_seed)
-        ref_max = mean_return(env, planner_policy(expert, target), ref_episodes, eval_seed)
-    finally:
-        close_env(env)
+    episodes = cut_into_episodes(obs, act, rew, length, seed)
+    env = gym.make(env_id)  # stored as the dataset's env (spec and spaces): the fixed-target env, not the physics one
+    close_env(env)
+    ref_min, ref_max = reference_scores(env_id, planner_policy(expert, target), episodes=ref_episodes, seed=seed)
 
     name = f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}"
     description = (

@@ -156,18 +156,9 @@ def make_pointmaze(
     finally:
         close_env(env)
 
-    episodes = []
-    for start in range(0, steps, length):
-        stop = min(start + length, steps)
-        n = stop - start
-        truncations = np.zeros(n, dtype=bool)
-        truncations[-1] = True
-        episodes.append(episode_buffer(
-            {k: v[start : stop + 1] for k, v in obs_arr.items()}, act[start:stop], rew[start:stop],
-            np.zeros(n, dtype=bool), truncations, seed=seed if start == 0 else None,
-        ))
+    episodes = cut_into_episodes(obs_arr, act, rew, length, seed)
 
-    ref_min, ref_max = _reference_scores(env_id, expert, episodes=ref_episodes, seed=seed)
+    ref_min, ref_max = reference_scores(env_id, expert, episodes=ref_episodes, seed=seed)
     description = (
         f"Goal-conditioned PointMaze {maze} ({reward} reward, {env_id}; desired_goal in the observation, reward "
         f"relative to the moving goal): {steps} steps of a shortest-path waypoint expert "
@@ -221,8 +212,29 @@ def _collect(env: Any, expert: WaypointExpert, *, steps: int, seed: int, noise: 
     return obs_arr, act, rew
 
 
-def _reference_scores(env_id: str, expert: WaypointExpert, *, episodes: int, seed: int) -> tuple[float, float]:
-    """(uniform-random mean return, noise-free expert mean return) on the standard evaluation env."""
+def cut_into_episodes(observations: Any, actions: np.ndarray, rewards: np.ndarray, length: int,
+                      seed: int) -> list[Any]:
+    """One continuous run cut every ``length`` steps into episodes that end in a truncation (never a termination).
+
+    observations: ``[steps + 1, ...]`` array or dict of such arrays (episode k+1 starts at episode k's final
+    observation); actions ``[steps, act]``; rewards ``[steps]``. Returns minari ``EpisodeBuffer``s.
+    """
+    steps = len(rewards)
+    episodes = []
+    for start in range(0, steps, length):
+        stop = min(start + length, steps)
+        n = stop - start
+        truncations = np.zeros(n, dtype=bool)
+        truncations[-1] = True
+        window = ({k: v[start : stop + 1] for k, v in observations.items()} if isinstance(observations, dict)
+                  else observations[start : stop + 1])
+        episodes.append(episode_buffer(window, actions[start:stop], rewards[start:stop], np.zeros(n, dtype=bool),
+                                       truncations, seed=seed if start == 0 else None))
+    return episodes
+
+
+def reference_scores(env_id: str, expert: Any, *, episodes: int, seed: int) -> tuple[float, float]:
+    """(uniform-random mean return, ``expert``'s mean return) over ``episodes`` episodes of the evaluation env."""
     import gymnasium as gym
 
     eval_seed = derive_seed(seed, 2)
