@@ -48,6 +48,15 @@ def build_component(kind: str, spec: dict[str, Any] | str, **context: Any) -> An
     return instantiate(kind, resolved, ctx)
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """One torch thread for a module whatever QTKIT_TEST_THREADS says (small tensors; bit-exact fingerprints)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolate_minari(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's ~/.minari and never download during tests."""

@@ -24,13 +24,7 @@ OBS, ACT = CONTEXT["obs_dim"], CONTEXT["act_dim"]
 LOW, HIGH = CONTEXT["action_low"], CONTEXT["action_high"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Small tensors: one thread is several times faster than two on a busy machine (conftest sets 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_critic(seed: int = 0, *, width: int = 32, depth: int = 1, **params: Any) -> ARQCritic:

@@ -42,12 +42,7 @@ SEED = 0
 UPDATE = os.environ.get("QTKIT_UPDATE_FINGERPRINTS") == "1"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
