@@ -68,8 +68,10 @@ def _progress_line(out: Path, steps: int, started: float, firsts: dict[str, tupl
     parts = []
     for preset in PRESETS:
         step = _last_step(out / preset)
-        t0, s0 = firsts.setdefault(preset, (now, step)) if step else (now, 0)
-        rate = (step - s0) / (now - t0) if now > t0 and step > s0 else 0.0
+        if step and preset not in firsts:  # rates count from the first logged step (after start-up)
+            firsts[preset] = (now, step)
+        t0, s0 = firsts.get(preset, (now, step))
+        rate = (step - s0) / (now - t0) if step > s0 else 0.0
         eta = f"ETA {int((steps - step) / rate // 60)}m{int((steps - step) / rate % 60):02d}s" if rate else "ETA ?"
         parts.append(f"{preset} {step}/{steps} ({rate:.1f} steps/s, {eta})" if step < steps else f"{preset} done")
     return f"[{int(now - started)} s] " + " | ".join(parts)
