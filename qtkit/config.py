@@ -38,6 +38,7 @@ from qtkit.errors import (
     UnknownParameterError,
     did_you_mean,
 )
+from qtkit.params import check_params, describe
 from qtkit.registry import CONTEXT_PARAMS, ComponentEntry, get_component
 
 #: Component slots of a preset, in build order.
@@ -210,9 +211,7 @@ def load_preset(spec: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- type checking
 def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    return describe(annotation)
 
 
 def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -225,6 +224,8 @@ def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
         return True, value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # the type is checked here, the declared range by qtkit.params
+        return coerce(value, args[0])
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             ok, out = coerce(value, arg)
@@ -275,7 +276,7 @@ def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
 def _hints(target: Any) -> dict[str, Any]:
     fn = target.__init__ if inspect.isclass(target) else target
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception:  # unresolvable forward refs: fall back to raw annotations
         return {k: v for k, v in getattr(fn, "__annotations__", {}).items() if not isinstance(v, str)}
 
@@ -311,6 +312,7 @@ def validate_params(
                 f"({type(value).__name__}). Example: {key}: {_example(default)}."
             )
         out[key] = coerced
+    check_params({k: v for k, v in out.items() if k in hints}, hints, where=where)
     missing = [k for k, p in schema.items() if p.default is inspect.Parameter.empty and k not in out]
     if missing:
         raise ConfigError(f"{where}: missing required parameter(s) {', '.join(missing)}.")
@@ -385,7 +387,7 @@ def resolve_train(train: Mapping[str, Any] | None, agent_entry: ComponentEntry, 
         )
         for f in dataclasses.fields(cls)
     }
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return validate_params(train or {}, schema, hints, where=f"preset {preset!r}, section 'train'")
 
 

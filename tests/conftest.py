@@ -63,3 +63,11 @@ def _isolate_minari(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.getbasetemp() / "minari"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def cli_runner() -> Any:
+    """typer's CliRunner for ``qtkit.cli.app`` (``cli_runner.invoke(app, [...])``)."""
+    from typer.testing import CliRunner
+
+    return CliRunner()

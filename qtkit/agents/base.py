@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_dataclass
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -80,40 +81,33 @@ class TrainConfig:
     """Training parameters every agent family has (a family's ``TrainConfig`` extends this and may
     change defaults). The fields and their type hints are the schema of a preset's ``train`` section."""
 
-    steps: int = 100_000  # gradient steps of fit() when not given
-    batch_size: int = 256  # windows per batch
-    context: int = 20  # window length K
-    gamma: float = 0.99
-    rtg_scale: float = 1000.0  # return-to-go is divided by this before a sequence policy sees it
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-4
+    steps: PositiveInt = 100_000  # gradient steps of fit() when not given
+    batch_size: PositiveInt = 256  # windows per batch
+    context: PositiveInt = 20  # window length K
+    gamma: Annotated[float, Interval(gt=0, le=1)] = 0.99
+    rtg_scale: PositiveFloat = 1000.0  # return-to-go is divided by this before a sequence policy sees it
+    lr: PositiveFloat = 3.0e-4
+    weight_decay: NonNegativeFloat = 1.0e-4
     optimizer: str = "adamw"  # any timm create_optimizer_v2 name ("adam": L2 weight decay, the QT reference)
     decay_all_parameters: bool = False  # False: biases and norm weights get no weight decay; True: all (reference Adam)
     scheduler: str = "cosine"  # "constant" (warm-up, then lr), any timm create_scheduler_v2 name, or "none"
-    warmup_steps: int = 0
-    lr_schedule_steps: int | None = None  # steps the LR schedule spans (None: the run's steps)
-    lr_update_every: int = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
-    min_lr: float = 0.0
-    grad_clip: float | None = 9.0  # gradient-norm clip of the main update (None: off)
-    tau: float = 0.005  # soft update of the critic's target network, every step
-    seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
-    eval_episodes: int = 10
+    warmup_steps: NonNegativeInt = 0
+    lr_schedule_steps: PositiveInt | None = None  # steps the LR schedule spans (None: the run's steps)
+    lr_update_every: PositiveInt = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
+    min_lr: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = 9.0  # gradient-norm clip of the main update (None: off)
+    tau: Annotated[float, Interval(gt=0, le=1)] = 0.005  # soft update of the critic's target network, every step
+    seed: NonNegativeInt = 0
+    seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
+    eval_episodes: PositiveInt = 10
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA
     compile: bool = False  # torch.compile the training forward passes
-    log_every: int = 100
+    log_every: PositiveInt = 100
 
     def __post_init__(self) -> None:
-        from qtkit.errors import ConfigError
-
-        if isinstance(self.lr_update_every, bool) or not isinstance(self.lr_update_every, int) or self.lr_update_every < 1:
-            raise ConfigError(f"train.lr_update_every must be an integer >= 1 (steps between LR updates), "
-                              f"got {self.lr_update_every!r}.")
-        if self.lr_schedule_steps is not None and self.lr_schedule_steps < 1:
-            raise ConfigError(f"train.lr_schedule_steps must be >= 1 or null (the run's steps), "
-                              f"got {self.lr_schedule_steps!r}.")
+        check_dataclass(self, where="section 'train'")  # the ranges declared above (qtkit.params)
 
 
 def keep_freed_memory() -> bool:
