@@ -4,8 +4,11 @@
 directly, and a ``TrainConfig`` constructed directly.
 
 Every out-of-range value below is derived from the declaration itself, so a parameter whose range is
-dropped, loosened or no longer checked on one path fails here (``test_a_dropped_range_is_caught`` shows
-the coverage check failing on a deliberately unannotated component).
+dropped, or no longer checked on one of those paths, fails here (``test_a_dropped_range_is_caught`` shows
+the coverage check failing on a deliberately unannotated component); the ranges the issue names are pinned
+in ``test_the_issue_examples``. Measured: removing the check from ``validate_params`` fails 99 tests, the
+registry's constructor wrapper 50, ``TrainConfig.__post_init__`` 46; a bare ``ensemble: int`` fails 1 and
+``ema_decay <= 1`` fails 1.
 """
 
 from __future__ import annotations
