@@ -123,13 +123,17 @@ def _split_spec(spec: str) -> tuple[Path | None, str]:
     return None, spec
 
 
-def _deep_merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+def deep_merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` merged into a copy of ``base`` (neither is modified): nested mappings merge key by key,
+    anything else replaces; a slot key (``critic``...) merges as a slot, so a new ``type`` replaces the
+    whole spec instead of inheriting the old component's parameters. Presets' ``base:`` chains and sweeps'
+    ``set:`` layers both merge with it."""
+    out = copy.deepcopy(dict(base))
     for key, value in child.items():
         if key in SLOTS:
             out[key] = _merge_slot(out.get(key), value)
         elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -155,7 +159,7 @@ def _merge_slot(current: Any, update: Any) -> Any:
     merged = dict(current)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -204,7 +208,7 @@ def load_preset(spec: str) -> dict[str, Any]:
         chain.append(base)
     resolved: dict[str, Any] = {}
     for body in reversed(bodies):
-        resolved = _deep_merge(resolved, {k: v for k, v in body.items() if k != "base"})
+        resolved = deep_merge(resolved, {k: v for k, v in body.items() if k != "base"})
     resolved["name"] = name
     return resolved
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
+from qtkit.cpu import apply_cpu_tuning
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_dataclass
 
@@ -109,34 +110,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_dataclass(self, where="section 'train'")  # the ranges declared above (qtkit.params)
 
-
-def keep_freed_memory() -> bool:
-    """glibc only, once per process: keep freed blocks in the heap instead of handing them back to the kernel.
-
-    By default every allocation over 32 MiB (a reference-size activation) is a fresh ``mmap`` whose
-    pages are faulted in and zeroed at every training step (~250k-620k page faults, 1-2.5 s of system
-    time per reference CPU step): ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``
-    make them reuse the heap (0 faults after ~3 steps; benchmarks/RESULTS.md). Process-wide and
-    permanent: the process keeps its peak heap until it exits. ``QTKIT_MALLOC=default`` skips it.
-    Returns whether it was applied.
-    """
-    import ctypes
-    import os
-    import sys
-
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux") or os.environ.get("QTKIT_MALLOC") == "default":
-        return _MALLOC_TUNED
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        _MALLOC_TUNED = False
-    return _MALLOC_TUNED
-
-
-_MALLOC_TUNED = False
 
 class Agent(abc.ABC):
     """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
@@ -381,7 +354,7 @@ class Agent(abc.ABC):
             self.make_optimizers(total)
             self.eval_history = []
         if self.device.type == "cpu":
-            keep_freed_memory()
+            apply_cpu_tuning()  # the one CPU-only process setting, behind QTKIT_CPU_TUNING (qtkit.cpu)
         if tc.compile and not self._compiled:
             self.compile_modules()
             self._compiled = True
