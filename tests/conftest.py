@@ -48,6 +48,17 @@ def build_component(kind: str, spec: dict[str, Any] | str, **context: Any) -> An
     return instantiate(kind, resolved, ctx)
 
 
+def token_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Redraw every weight matrix of ``model`` as N(0, 1/fan_in) (larger than GPT-2's init) so that every
+    token moves every later output; returns the model in eval mode. For masking and caching tests."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Any:
     """One torch thread for a module whatever QTKIT_TEST_THREADS says (small tensors; bit-exact fingerprints)."""
