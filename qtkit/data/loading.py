@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset, _first_nonfinite
+from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset
+from qtkit.data.validation import first_nonfinite
 from qtkit.errors import DataError, did_you_mean
 
 __all__ = ["D4RL_KEYS", "load_dataset", "make_env_for"]
@@ -251,7 +252,7 @@ def _from_flat(
     for key in ("observations", "next_observations", "actions", "rewards"):
         if key not in flat:
             continue
-        bad = _first_nonfinite(flat[key])
+        bad = first_nonfinite(flat[key])
         if bad is None:
             continue
         row, col, value = bad
