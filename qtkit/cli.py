@@ -43,7 +43,7 @@ def _set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         _fail(ValueError(f"--threads must be >= 1, got {threads}; leave it out to use torch's default."))
-    from qtkit.threads import set_torch_threads
+    from qtkit.cpu import set_torch_threads
 
     set_torch_threads(threads)
 

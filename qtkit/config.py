@@ -38,6 +38,7 @@ from qtkit.errors import (
     UnknownParameterError,
     did_you_mean,
 )
+from qtkit.params import check_params, describe
 from qtkit.registry import CONTEXT_PARAMS, ComponentEntry, get_component
 
 #: Component slots of a preset, in build order.
@@ -122,13 +123,17 @@ def _split_spec(spec: str) -> tuple[Path | None, str]:
     return None, spec
 
 
-def _deep_merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+def deep_merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` merged into a copy of ``base`` (neither is modified): nested mappings merge key by key,
+    anything else replaces; a slot key (``critic``...) merges as a slot, so a new ``type`` replaces the
+    whole spec instead of inheriting the old component's parameters. Presets' ``base:`` chains and sweeps'
+    ``set:`` layers both merge with it."""
+    out = copy.deepcopy(dict(base))
     for key, value in child.items():
         if key in SLOTS:
             out[key] = _merge_slot(out.get(key), value)
         elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -154,7 +159,7 @@ def _merge_slot(current: Any, update: Any) -> Any:
     merged = dict(current)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -203,16 +208,14 @@ def load_preset(spec: str) -> dict[str, Any]:
         chain.append(base)
     resolved: dict[str, Any] = {}
     for body in reversed(bodies):
-        resolved = _deep_merge(resolved, {k: v for k, v in body.items() if k != "base"})
+        resolved = deep_merge(resolved, {k: v for k, v in body.items() if k != "base"})
     resolved["name"] = name
     return resolved
 
 
 # ----------------------------------------------------------------------------- type checking
 def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    return describe(annotation)
 
 
 def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -225,6 +228,8 @@ def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
         return True, value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # the type is checked here, the declared range by qtkit.params
+        return coerce(value, args[0])
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             ok, out = coerce(value, arg)
@@ -275,7 +280,7 @@ def coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
 def _hints(target: Any) -> dict[str, Any]:
     fn = target.__init__ if inspect.isclass(target) else target
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception:  # unresolvable forward refs: fall back to raw annotations
         return {k: v for k, v in getattr(fn, "__annotations__", {}).items() if not isinstance(v, str)}
 
@@ -311,6 +316,7 @@ def validate_params(
                 f"({type(value).__name__}). Example: {key}: {_example(default)}."
             )
         out[key] = coerced
+    check_params({k: v for k, v in out.items() if k in hints}, hints, where=where)
     missing = [k for k, p in schema.items() if p.default is inspect.Parameter.empty and k not in out]
     if missing:
         raise ConfigError(f"{where}: missing required parameter(s) {', '.join(missing)}.")
@@ -385,7 +391,7 @@ def resolve_train(train: Mapping[str, Any] | None, agent_entry: ComponentEntry, 
         )
         for f in dataclasses.fields(cls)
     }
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return validate_params(train or {}, schema, hints, where=f"preset {preset!r}, section 'train'")
 
 

@@ -39,8 +39,8 @@ def _train_one(preset: str, dataset_id: str, steps: int, seed: int, eval_episode
                threads: int) -> dict[str, Any]:
     """Train and evaluate one preset (run in its own process when the demo runs presets side by side)."""
     import qtkit
+    from qtkit.cpu import set_torch_threads
     from qtkit.data import load_dataset
-    from qtkit.threads import set_torch_threads
 
     set_torch_threads(threads)
     data = load_dataset(f"minari:{dataset_id}")

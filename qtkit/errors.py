@@ -29,6 +29,10 @@ class ParameterTypeError(ConfigError, TypeError):
     """A parameter of the wrong type."""
 
 
+class ParameterRangeError(ConfigError):
+    """A parameter outside the range its declaration states (``batch_size >= 1``, ``gamma in (0, 1]``...)."""
+
+
 class MissingShapeError(ConfigError):
     """obs_dim / act_dim / action bounds were not given and cannot be inferred."""
 

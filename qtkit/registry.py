@@ -2,8 +2,9 @@
 
 A *component* is a class or factory registered under a *kind* (``backbone``, ``policy``,
 ``critic``, ``backup``, ``sampler``, ``agent``) and a name. Its constructor's signature is its
-parameter schema: keyword parameters with defaults are what a preset may set; the *context*
-parameters below are filled in by the builder and may not be set in a preset.
+parameter schema: keyword parameters with defaults are what a preset may set, and their annotations
+declare their ranges (:mod:`qtkit.params`), checked whenever a registered class is constructed; the
+*context* parameters below are filled in by the builder and may not be set in a preset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qtkit.errors import RegistryError, UnknownNameError, did_you_mean
+from qtkit.params import check_call
 
 KINDS: list[str] = ["backbone", "policy", "critic", "backup", "sampler", "agent"]
 
@@ -89,6 +91,12 @@ def _check_kind(kind: str) -> None:
         )
 
 
+def _component_label(component: Any) -> str:
+    """``"critic 'twin-mlp'"``: the kind and registered name of the (most derived) class of ``component``."""
+    cls = type(component)
+    return f"{cls.registered_kind} {cls.registered_name!r}"
+
+
 def register(kind: str, name: str) -> Callable[[T], T]:
     """Decorator registering a class or factory as component ``name`` of ``kind``.
 
@@ -109,6 +117,12 @@ def register(kind: str, name: str) -> Callable[[T], T]:
                 f"{getattr(taken.target, '__qualname__', taken.target)}). Pick another name, or "
                 f"call qtkit.registry.unregister({kind!r}, {name!r}) first if you mean to replace it."
             )
+        init = target.__dict__.get("__init__") if inspect.isclass(target) else None
+        if init is not None and not getattr(init, "checks_ranges", False):
+            # declared ranges (qtkit.params) are checked however the component is constructed
+            checked = check_call(init, where=_component_label)
+            checked.checks_ranges = True  # type: ignore[attr-defined]
+            target.__init__ = checked  # type: ignore[misc]
         _REGISTRY[kind][name] = ComponentEntry(
             kind=kind, name=name, target=target, module=getattr(target, "__module__", "?")
         )

@@ -1,13 +1,19 @@
-"""Shared fixtures: hypothesis profiles, a standard build context for component contract tests."""
+"""Shared test helpers and fixtures: hypothesis profiles, the standard build context for component contract
+tests, tiny agents on a Pendulum dataset (TINY, tiny, pendulum_dataset, eval_env), CLI runner, thread pinning."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+import qtkit
+from qtkit.data import TrajectoryDataset
 
 settings.register_profile(
     "ci", max_examples=200, derandomize=True, deadline=None,
@@ -48,6 +54,17 @@ def build_component(kind: str, spec: dict[str, Any] | str, **context: Any) -> An
     return instantiate(kind, resolved, ctx)
 
 
+def token_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Redraw every weight matrix of ``model`` as N(0, 1/fan_in) (larger than GPT-2's init) so that every
+    token moves every later output; returns the model in eval mode. For masking and caching tests."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Any:
     """One torch thread for a module whatever QTKIT_TEST_THREADS says (small tensors; bit-exact fingerprints)."""
@@ -63,3 +80,64 @@ def _isolate_minari(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.getbasetemp() / "minari"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def cli_runner() -> Any:
+    """typer's CliRunner for ``qtkit.cli.app`` (``cli_runner.invoke(app, [...])``)."""
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+# ----------------------------------------------------------------------------- tiny agents on Pendulum
+TINY = {
+    "backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
+    "critic": {"hidden": [32, 32]},
+    "batch_size": 8,
+    "context": 4,
+    "log_every": 2,
+    "ema_start": 2,
+    "ema_every": 1,
+    "warmup_steps": 0,
+}
+
+
+TINY_CRITICS = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
+
+
+def tiny(preset: str) -> dict:
+    """TINY adapted to the preset: the critic's own small size, and only the train keys its agent has."""
+    config = qtkit.build(preset, obs_dim=1, act_dim=1).config
+    out = {k: v for k, v in TINY.items() if k == "backbone" or k in config["train"]}
+    if config["critic"] is not None:
+        out["critic"] = TINY_CRITICS[config["critic"]["type"]]
+    return out
+
+
+
+def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> TrajectoryDataset:
+    """Random-policy Pendulum episodes cut at ``length`` steps (truncated), with reference scores."""
+    env = gym.make("Pendulum-v1", max_episode_steps=length)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = rng.uniform(-2, 2, size=1).astype(np.float32)
+            obs, reward, term, trunc, _ = env.step(action)
+            observations.append(obs), actions.append(action), rewards.append(reward)
+            terms.append(term), truncs.append(trunc)
+            done = term or trunc
+        out.append({"observations": np.array(observations), "actions": np.array(actions),
+                    "rewards": np.array(rewards), "terminations": np.array(terms), "truncations": np.array(truncs)})
+    return TrajectoryDataset.from_episodes(
+        out, action_space=env.action_space,
+        metadata={"env_id": "Pendulum-v1", "ref_min_score": -1500.0, "ref_max_score": 0.0, "dataset_id": "pendulum"},
+    )
+
+
+def eval_env() -> gym.Env:
+    return gym.make("Pendulum-v1", max_episode_steps=10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -12,64 +11,14 @@ import torch
 import qtkit
 from qtkit.data import TrajectoryDataset
 from qtkit.errors import CheckpointError, DataError, ShapeMismatchError, TrainingError
-
-TINY = {
-    "backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
-    "critic": {"hidden": [32, 32]},
-    "batch_size": 8,
-    "context": 4,
-    "log_every": 2,
-    "ema_start": 2,
-    "ema_every": 1,
-    "warmup_steps": 0,
-}
-
-
-TINY_CRITICS = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
-
-
-def tiny(preset: str) -> dict:
-    """TINY adapted to the preset: the critic's own small size, and only the train keys its agent has."""
-    config = qtkit.build(preset, obs_dim=1, act_dim=1).config
-    out = {k: v for k, v in TINY.items() if k == "backbone" or k in config["train"]}
-    if config["critic"] is not None:
-        out["critic"] = TINY_CRITICS[config["critic"]["type"]]
-    return out
-
+from tests.conftest import TINY, eval_env, pendulum_dataset, tiny
 
 PRESETS = qtkit.list_presets()
-
-
-def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> TrajectoryDataset:
-    """Random-policy Pendulum episodes cut at ``length`` steps (truncated), with reference scores."""
-    env = gym.make("Pendulum-v1", max_episode_steps=length)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
-        done = False
-        while not done:
-            action = rng.uniform(-2, 2, size=1).astype(np.float32)
-            obs, reward, term, trunc, _ = env.step(action)
-            observations.append(obs), actions.append(action), rewards.append(reward)
-            terms.append(term), truncs.append(trunc)
-            done = term or trunc
-        out.append({"observations": np.array(observations), "actions": np.array(actions),
-                    "rewards": np.array(rewards), "terminations": np.array(terms), "truncations": np.array(truncs)})
-    return TrajectoryDataset.from_episodes(
-        out, action_space=env.action_space,
-        metadata={"env_id": "Pendulum-v1", "ref_min_score": -1500.0, "ref_max_score": 0.0, "dataset_id": "pendulum"},
-    )
 
 
 @pytest.fixture(scope="module")
 def data() -> TrajectoryDataset:
     return pendulum_dataset()
-
-
-def eval_env() -> gym.Env:
-    return gym.make("Pendulum-v1", max_episode_steps=10)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

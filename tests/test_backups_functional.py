@@ -232,9 +232,9 @@ def test_bad_autoregressive_and_lower_bound_inputs() -> None:
 @pytest.mark.parametrize("name", ["n-step", "nstep-mc-max"])
 @pytest.mark.parametrize("n", [0, -3])
 def test_components_reject_n_below_one(name: str, n: int) -> None:
-    with pytest.raises(ConfigError, match=f"backup '{name}'.*parameter n"):
+    with pytest.raises(ConfigError, match=f"backup '{name}'.*parameter 'n' must be >= 1"):
         build_component("backup", {"type": name, "n": n})
-    with pytest.raises(ConfigError, match="parameter n"):
+    with pytest.raises(ConfigError, match=f"backup '{name}': parameter 'n' must be >= 1"):
         qtkit.get_component("backup", name).target(gamma=0.9, n=n)
 
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qtkit.cli import app
-from tests.test_agent_smoke import pendulum_dataset
+from tests.conftest import pendulum_dataset
 
 runner = CliRunner()
 TINY_SETS = ["--set", "backbone.width=32", "--set", "backbone.depth=1", "--set", "backbone.heads=2",

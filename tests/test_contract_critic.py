@@ -233,7 +233,7 @@ def test_agents_keep_the_target_copy_frozen(preset: str) -> None:
     """The contract holds inside the agents too: after a training step the target copy still asks for no
     gradient. Regression: QTAgent.train_step switched the whole critic back to requires_grad after the L_Q pass,
     target copy included (harmless only while every target pass ran under no_grad)."""
-    from tests.test_agent_smoke import pendulum_dataset, tiny
+    from tests.conftest import pendulum_dataset, tiny
 
     data = pendulum_dataset(episodes=3, length=8)
     agent = qtkit.build(preset, dataset=data, **tiny(preset))

@@ -340,7 +340,7 @@ def test_statistics_are_computed_once_and_right() -> None:
 
 
 def test_chunked_discounted_returns_match_one_chunk() -> None:
-    from qtkit.data.dataset import _discounted_returns
+    from qtkit.data.statistics import flat_discounted_returns
 
     rng = np.random.default_rng(4)
     lengths = rng.integers(1, 40, size=30)
@@ -348,8 +348,8 @@ def test_chunked_discounted_returns_match_one_chunk() -> None:
     r = rng.normal(size=offsets[-1])
     term = np.zeros(offsets[-1], bool)
     term[offsets[1:] - 1] = rng.random(30) < 0.5
-    full = _discounted_returns(r, term, lengths, offsets, 0.95)
-    small = _discounted_returns(r, term, lengths, offsets, 0.95, max_elements=50)
+    full = flat_discounted_returns(r, term, lengths, offsets, 0.95)
+    small = flat_discounted_returns(r, term, lengths, offsets, 0.95, max_elements=50)
     np.testing.assert_allclose(small, full, rtol=1e-12)
 
 

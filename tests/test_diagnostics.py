@@ -10,7 +10,7 @@ import torch
 
 import qtkit
 from qtkit.agents.diagnostics import gradient_balance, value_diagnostics
-from tests.test_agent_smoke import TINY, pendulum_dataset
+from tests.conftest import TINY, pendulum_dataset
 
 
 def test_value_diagnostics_on_known_numbers_ignore_padding() -> None:

@@ -33,7 +33,7 @@ import torch
 
 import qtkit
 from qtkit.data import TrajectoryDataset
-from tests.test_agent_smoke import pendulum_dataset, tiny
+from tests.conftest import pendulum_dataset, tiny
 
 PATH = Path(__file__).with_name("fingerprints.json")
 PRESETS = qtkit.list_presets()

@@ -19,6 +19,7 @@ from qtkit.critics.ar_q import ARQCritic
 from qtkit.errors import ConfigError, ShapeMismatchError
 from qtkit.samplers.ar_greedy import ARGreedySampler
 from qtkit.samplers.base import RolloutContext
+from tests.conftest import token_sensitive
 
 ATOL = 1e-5
 W = 32
@@ -31,13 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ----------------------------------------------------------------------------- backbone
 def backbone(depth: int = 3, heads: int = 2, **params: Any) -> GPT2Backbone:
     """A gpt2 backbone with weights large enough that every token moves every later output."""
-    model = GPT2Backbone(width=W, depth=depth, heads=heads, dropout=0.1, **params)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
-    return model.eval()
+    return token_sensitive(GPT2Backbone(width=W, depth=depth, heads=heads, dropout=0.1, **params))
 
 
 def masks(b: int, n: int) -> dict[str, torch.Tensor | None]:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 import qtkit
 from qtkit.agents.base import TrainConfig, lr_schedule_update, make_lr_scheduler
-from tests.conftest import build_component
-from tests.test_agent_smoke import TINY, pendulum_dataset
+from tests.conftest import TINY, build_component, pendulum_dataset
 
 
 def reference_bc_loss(pred_a, pred_s, actions, states, mask):

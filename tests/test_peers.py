@@ -110,7 +110,7 @@ def test_missing_d3rlpy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.fixture(scope="module")
 def pendulum() -> TrajectoryDataset:
-    from tests.test_agent_smoke import pendulum_dataset
+    from tests.conftest import pendulum_dataset
 
     return pendulum_dataset()
 

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 import qtkit
 from qtkit.data import TrajectoryDataset
+from qtkit.policies.base import Policy
 from qtkit.samplers.base import RolloutContext
-from tests.conftest import CONTEXT, build_component
-from tests.test_agent_smoke import TINY, pendulum_dataset
+from tests.conftest import CONTEXT, TINY, build_component, pendulum_dataset
 
 
 def ready_agent(data: TrajectoryDataset, **overrides: object) -> qtkit.agents.qt.QTAgent:
@@ -212,7 +212,7 @@ def test_twin_critic_td_loss_ignores_nan_at_invalid_targets() -> None:
 # ---------------------------------------------------------------------------------------------- §5 rtg-grid
 
 
-class RTGPolicy(nn.Module):
+class RTGPolicy(Policy):
     """A stand-in policy whose action at a position is the row's return-to-go there (1-D actions)."""
 
     def forward(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor, mask: Tensor) -> tuple[Tensor, None]:

@@ -13,8 +13,9 @@ import torch
 from einops import rearrange
 
 from qtkit.backbones.base import hidden_at
+from qtkit.policies.base import Policy
 from qtkit.samplers.base import RolloutContext, candidate_actions
-from tests.conftest import build_component
+from tests.conftest import build_component, token_sensitive
 
 ATOL = 1e-5
 W = 32
@@ -22,13 +23,7 @@ W = 32
 
 def backbone(causal: bool = True, depth: int = 2, heads: int = 2, name: str = "gpt2") -> torch.nn.Module:
     spec = {"type": name, "width": W, "depth": depth, "heads": heads, "dropout": 0.0, "causal": causal}
-    model = build_component("backbone", spec)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # larger weights than GPT-2's init, so that every token moves the outputs
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
-    return model.eval()
+    return token_sensitive(build_component("backbone", spec))
 
 
 def masks(b: int, n: int) -> dict[str, torch.Tensor | None]:
@@ -167,8 +162,9 @@ def test_policy_fast_path_gives_the_same_gradients(predict_next_state: bool) -> 
 
 
 # ---------------------------------------------------------------------------------------- samplers
-class PlainPolicy(torch.nn.Module):
-    """A policy without ``supports_last_only``: candidate_actions must use the plain call."""
+class PlainPolicy(Policy):
+    """A policy that does not support ``last_only`` (the interface's default): candidate_actions must use
+    the plain call."""
 
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ TINY_SET = {
 @pytest.fixture(scope="module")
 def npz_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny Pendulum dataset on disk whose evaluation env has 10-step episodes."""
-    from tests.test_agent_smoke import pendulum_dataset
+    from tests.conftest import pendulum_dataset
 
     ds = pendulum_dataset(episodes=4, length=12)
     spec = gym.make("Pendulum-v1", max_episode_steps=10).spec.to_json()

@@ -124,7 +124,7 @@ def test_resume_is_exact_after_an_evaluation_with_a_dropout_critic(tmp_path: Pat
     import gymnasium as gym
 
     import qtkit
-    from tests.test_agent_smoke import pendulum_dataset, tiny
+    from tests.conftest import pendulum_dataset, tiny
 
     data = pendulum_dataset()
 

@@ -17,14 +17,16 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
+from qtkit.cpu import apply_cpu_tuning
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
+from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_dataclass
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -80,69 +82,34 @@ class TrainConfig:
     """Training parameters every agent family has (a family's ``TrainConfig`` extends this and may
     change defaults). The fields and their type hints are the schema of a preset's ``train`` section."""
 
-    steps: int = 100_000  # gradient steps of fit() when not given
-    batch_size: int = 256  # windows per batch
-    context: int = 20  # window length K
-    gamma: float = 0.99
-    rtg_scale: float = 1000.0  # return-to-go is divided by this before a sequence policy sees it
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-4
+    steps: PositiveInt = 100_000  # gradient steps of fit() when not given
+    batch_size: PositiveInt = 256  # windows per batch
+    context: PositiveInt = 20  # window length K
+    gamma: Annotated[float, Interval(gt=0, le=1)] = 0.99
+    rtg_scale: PositiveFloat = 1000.0  # return-to-go is divided by this before a sequence policy sees it
+    lr: PositiveFloat = 3.0e-4
+    weight_decay: NonNegativeFloat = 1.0e-4
     optimizer: str = "adamw"  # any timm create_optimizer_v2 name ("adam": L2 weight decay, the QT reference)
     decay_all_parameters: bool = False  # False: biases and norm weights get no weight decay; True: all (reference Adam)
     scheduler: str = "cosine"  # "constant" (warm-up, then lr), any timm create_scheduler_v2 name, or "none"
-    warmup_steps: int = 0
-    lr_schedule_steps: int | None = None  # steps the LR schedule spans (None: the run's steps)
-    lr_update_every: int = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
-    min_lr: float = 0.0
-    grad_clip: float | None = 9.0  # gradient-norm clip of the main update (None: off)
-    tau: float = 0.005  # soft update of the critic's target network, every step
-    seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
-    eval_episodes: int = 10
+    warmup_steps: NonNegativeInt = 0
+    lr_schedule_steps: PositiveInt | None = None  # steps the LR schedule spans (None: the run's steps)
+    lr_update_every: PositiveInt = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
+    min_lr: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = 9.0  # gradient-norm clip of the main update (None: off)
+    tau: Annotated[float, Interval(gt=0, le=1)] = 0.005  # soft update of the critic's target network, every step
+    seed: NonNegativeInt = 0
+    seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
+    eval_episodes: PositiveInt = 10
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA
     compile: bool = False  # torch.compile the training forward passes
-    log_every: int = 100
+    log_every: PositiveInt = 100
 
     def __post_init__(self) -> None:
-        from qtkit.errors import ConfigError
+        check_dataclass(self, where="section 'train'")  # the ranges declared above (qtkit.params)
 
-        if isinstance(self.lr_update_every, bool) or not isinstance(self.lr_update_every, int) or self.lr_update_every < 1:
-            raise ConfigError(f"train.lr_update_every must be an integer >= 1 (steps between LR updates), "
-                              f"got {self.lr_update_every!r}.")
-        if self.lr_schedule_steps is not None and self.lr_schedule_steps < 1:
-            raise ConfigError(f"train.lr_schedule_steps must be >= 1 or null (the run's steps), "
-                              f"got {self.lr_schedule_steps!r}.")
-
-
-def keep_freed_memory() -> bool:
-    """glibc only, once per process: keep freed blocks in the heap instead of handing them back to the kernel.
-
-    By default every allocation over 32 MiB (a reference-size activation) is a fresh ``mmap`` whose
-    pages are faulted in and zeroed at every training step (~250k-620k page faults, 1-2.5 s of system
-    time per reference CPU step): ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``
-    make them reuse the heap (0 faults after ~3 steps; benchmarks/RESULTS.md). Process-wide and
-    permanent: the process keeps its peak heap until it exits. ``QTKIT_MALLOC=default`` skips it.
-    Returns whether it was applied.
-    """
-    import ctypes
-    import os
-    import sys
-
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith("linux") or os.environ.get("QTKIT_MALLOC") == "default":
-        return _MALLOC_TUNED
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        _MALLOC_TUNED = False
-    return _MALLOC_TUNED
-
-
-_MALLOC_TUNED = False
 
 class Agent(abc.ABC):
     """A built agent: its resolved ``config`` and its components (``policy``, ``critic``, ``backup``,
@@ -387,7 +354,7 @@ class Agent(abc.ABC):
             self.make_optimizers(total)
             self.eval_history = []
         if self.device.type == "cpu":
-            keep_freed_memory()
+            apply_cpu_tuning()  # the one CPU-only process setting, behind QTKIT_CPU_TUNING (qtkit.cpu)
         if tc.compile and not self._compiled:
             self.compile_modules()
             self._compiled = True

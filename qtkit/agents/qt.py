@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from qtkit.backups.base import Backup
 from qtkit.critics.base import Critic, soft_update
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
+from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from qtkit.policies.base import BCPolicy, Policy
 from qtkit.registry import register
 from qtkit.samplers.base import Sampler
@@ -32,13 +33,13 @@ class QTTrainConfig(TrainConfig):
     """Training parameters of the QT family (the ``train`` section of a preset): the shared ones
     (:class:`qtkit.agents.base.TrainConfig`) plus the policy/critic split, eta and the EMA policy."""
 
-    eta: float = 1.0  # weight of L_Q; 0 gives Decision Transformer
-    critic_lr: float = 3.0e-4
-    critic_weight_decay: float = 0.0
-    critic_grad_clip: float | Literal["grad_clip"] | None = "grad_clip"  # "grad_clip": the policy's clip (reference)
-    ema_decay: float = 0.995  # EMA copy of the policy used for bootstrap actions
-    ema_every: int = 5
-    ema_start: int = 1000  # before this step the EMA copy tracks the policy exactly
+    eta: NonNegativeFloat = 1.0  # weight of L_Q; 0 gives Decision Transformer
+    critic_lr: PositiveFloat = 3.0e-4
+    critic_weight_decay: NonNegativeFloat = 0.0
+    critic_grad_clip: PositiveFloat | Literal["grad_clip"] | None = "grad_clip"  # "grad_clip": the policy's clip (reference)
+    ema_decay: Annotated[float, Interval(ge=0, lt=1)] = 0.995  # EMA copy of the policy used for bootstrap actions
+    ema_every: PositiveInt = 5
+    ema_start: NonNegativeInt = 1000  # before this step the EMA copy tracks the policy exactly
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from qtkit.backups.base import Backup
 from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.data.batch import Batch
 from qtkit.errors import ConfigError
+from qtkit.params import NonNegativeFloat, PositiveFloat, PositiveInt
 from qtkit.policies.base import CriticPolicy, Policy
 from qtkit.registry import register
 from qtkit.samplers.base import Sampler
@@ -32,11 +33,11 @@ class QTransformerTrainConfig(TrainConfig):
     with the critic's defaults. ``lr``, ``weight_decay`` and ``grad_clip`` are the critic's; ``rtg_scale``
     only serves the rollout's return-to-go bookkeeping (the critic ignores it)."""
 
-    batch_size: int = 128
-    context: int = 8  # the n-step sums stay inside a window: use K >= n
-    weight_decay: float = 0.0
-    grad_clip: float | None = 10.0
-    rtg_scale: float = 1.0
+    batch_size: PositiveInt = 128
+    context: PositiveInt = 8  # the n-step sums stay inside a window: use K >= n
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = 10.0
+    rtg_scale: PositiveFloat = 1.0
 
 
 @register("agent", "qtransformer")

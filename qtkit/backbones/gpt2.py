@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads, dropout, zero_padding
 from qtkit.errors import ConfigError, ShapeMismatchError
+from qtkit.params import DropoutRate, NonNegativeInt, PositiveFloat, PositiveInt
 from qtkit.registry import register
 
 #: MLP activations.
@@ -190,24 +191,21 @@ class GPT2Backbone(Backbone):
 
     def __init__(
         self,
-        width: int = 256,
-        depth: int = 4,
-        heads: int = 4,
-        mlp_ratio: float = 4.0,
-        mlp_dim: int | None = None,
+        width: PositiveInt = 256,
+        depth: PositiveInt = 4,
+        heads: PositiveInt = 4,
+        mlp_ratio: PositiveFloat = 4.0,
+        mlp_dim: PositiveInt | None = None,
         activation: str = "relu",
-        dropout: float = 0.1,
+        dropout: DropoutRate = 0.1,
         causal: bool = True,
-        max_len: int = 0,
+        max_len: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         where = "backbone 'gpt2'"
         check_heads(width, heads, where)
         if activation not in ACTIVATIONS:
             raise ConfigError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
-        if depth < 1 or not 0.0 <= dropout < 1.0 or max_len < 0:
-            raise ConfigError(f"{where}: need depth >= 1, 0 <= dropout < 1 and max_len >= 0 "
-                              f"(got depth={depth}, dropout={dropout}, max_len={max_len}).")
         hidden = int(mlp_dim) if mlp_dim else round(mlp_ratio * width)
         if hidden < 1:
             raise ConfigError(f"{where}: the MLP width must be positive, got mlp_dim={mlp_dim}, mlp_ratio={mlp_ratio}.")

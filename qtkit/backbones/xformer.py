@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import Backbone, check_heads, zero_padding
 from qtkit.errors import ConfigError
+from qtkit.params import DropoutRate, PositiveInt
 from qtkit.registry import register
 
 #: Keys of ``extra`` that have their own parameter (or are fixed by the backbone).
@@ -34,11 +35,11 @@ class XFormerBackbone(Backbone):
 
     def __init__(
         self,
-        width: int = 256,
-        depth: int = 4,
-        heads: int = 4,
-        ff_mult: int = 4,
-        dropout: float = 0.1,
+        width: PositiveInt = 256,
+        depth: PositiveInt = 4,
+        heads: PositiveInt = 4,
+        ff_mult: PositiveInt = 4,
+        dropout: DropoutRate = 0.1,
         causal: bool = True,
         flash: bool = True,
         rotary: bool = False,
@@ -55,8 +56,6 @@ class XFormerBackbone(Backbone):
                 f"{where}: extra may not set {', '.join(clash)}; use the backbone's own parameter(s) "
                 f"{', '.join(RESERVED[k] for k in clash)} instead."
             )
-        if depth < 1 or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"{where}: need depth >= 1 and 0 <= dropout < 1, got depth={depth}, dropout={dropout}.")
         from x_transformers import Decoder, Encoder
 
         kwargs: dict[str, Any] = {

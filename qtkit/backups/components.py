@@ -45,6 +45,7 @@ from torch import Tensor
 from qtkit.backups.base import Backup, target_mask
 from qtkit.backups.functional import _check_n, mc_lower_bound, n_step_targets
 from qtkit.errors import ConfigError
+from qtkit.params import PositiveInt
 from qtkit.registry import register
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class OneStepBackup(_Bootstrapped):
 class NStepBackup(_Bootstrapped):
     """n-step target: n discounted rewards, then the bootstrap value (shortened at the window's end)."""
 
-    def __init__(self, gamma: float, n: int = 5) -> None:
+    def __init__(self, gamma: float, n: PositiveInt = 5) -> None:
         super().__init__(gamma)
         self.horizon = _check_horizon(n, self.name)
 

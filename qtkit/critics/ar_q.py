@@ -35,7 +35,7 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from qtkit.backbones.base import hidden_at
 from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
 from qtkit.critics.base import AutoregressiveCritic, Chooser, soft_update
 from qtkit.errors import ConfigError, TrainingError
+from qtkit.params import FiniteFloat, Ge, NonNegativeFloat, PositiveInt
 from qtkit.registry import register
 
 
@@ -166,27 +167,16 @@ class ARQCritic(AutoregressiveCritic):
         action_high: Sequence[float],
         gamma: float,
         backbone: nn.Module,
-        bins: int = 256,
-        state_window: int = 1,
-        heads: int = 2,
+        bins: Annotated[int, Ge(2)] = 256,
+        state_window: PositiveInt = 1,
+        heads: PositiveInt = 2,
         dueling: bool = False,
-        conservative_weight: float = 1.0,
-        floor: float | str = "auto",
+        conservative_weight: NonNegativeFloat = 1.0,
+        floor: FiniteFloat | Literal["auto"] = "auto",
         mc_lower_bound: bool = True,
     ) -> None:
         super().__init__()
         where = "critic 'ar-q'"
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ConfigError(f"{where}: bins must be an int >= 2 (bins per action dimension), got bins={bins!r}.")
-        if state_window < 1 or heads < 1:
-            raise ConfigError(f"{where}: state_window and heads must be >= 1, got {state_window} and {heads}.")
-        if not conservative_weight >= 0:
-            raise ConfigError(f"{where}: conservative_weight must be >= 0, got {conservative_weight}.")
-        if isinstance(floor, str):
-            if floor != "auto":
-                raise ConfigError(f"{where}: floor must be a number or 'auto', got {floor!r}.")
-        elif not math.isfinite(float(floor)):
-            raise ConfigError(f"{where}: floor must be a finite number or 'auto', got {floor!r}.")
         low = torch.as_tensor(list(action_low), dtype=torch.float32).reshape(-1)
         high = torch.as_tensor(list(action_high), dtype=torch.float32).reshape(-1)
         if low.numel() != act_dim or high.numel() != act_dim:

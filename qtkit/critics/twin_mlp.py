@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from qtkit.critics.base import Critic, soft_update
 from qtkit.errors import ConfigError
+from qtkit.params import PositiveInt
 from qtkit.registry import register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -42,22 +43,20 @@ class TwinMLPCritic(Critic):
         self,
         obs_dim: int,
         act_dim: int,
-        ensemble: int = 2,
-        hidden: int | list[int] = [256, 256, 256],  # noqa: B006  (read-only default, shown in configs)
-        depth: int = 3,
+        ensemble: PositiveInt = 2,
+        hidden: PositiveInt | list[PositiveInt] = [256, 256, 256],  # noqa: B006  (read-only default, shown in configs)
+        depth: PositiveInt = 3,
         activation: str = "mish",
         layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        if ensemble < 1:
-            raise ConfigError(f"critic 'twin-mlp': ensemble must be >= 1, got {ensemble}.")
         if activation not in ACTIVATIONS:
             raise ConfigError(
                 f"critic 'twin-mlp': unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
             )
         sizes = [hidden] * depth if isinstance(hidden, int) else list(hidden)
-        if not sizes or any(s < 1 for s in sizes):
-            raise ConfigError(f"critic 'twin-mlp': hidden sizes must be positive, got {hidden!r}.")
+        if not sizes:
+            raise ConfigError(f"critic 'twin-mlp': hidden needs at least one layer size, got {hidden!r}.")
         self.obs_dim, self.act_dim, self.ensemble = obs_dim, act_dim, ensemble
         layers: list[nn.Module] = []
         width = obs_dim + act_dim

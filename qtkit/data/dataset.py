@@ -13,14 +13,16 @@ Observations are flattened (``qtkit.data.flatten_observation``; Dict spaces in t
 and stored as float32, raw (unstandardised); ``obs_mean``/``obs_std`` are there to standardise.
 A termination or truncation may only be set on the last step of an episode; an episode whose
 last step has neither flag is marked truncated (the data was cut).
+
+The jobs live in their own modules: input checks in ``qtkit.data.validation``, the precomputed
+statistics in ``qtkit.data.statistics``, window sampling in ``qtkit.data.windows``, writing npz in
+``qtkit.data.serialization`` (reading in ``qtkit.data.loading``).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +31,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from qtkit.data import statistics
 from qtkit.data.batch import Batch
-from qtkit.data.spaces import column_name, flatten_observation, space_to_json
-from qtkit.data.windows import RandomSource, sample_window_starts
+from qtkit.data.serialization import write_npz
+from qtkit.data.spaces import flatten_observation
+from qtkit.data.validation import (
+    as_1d,
+    as_2d,
+    as_flags,
+    check_action_space,
+    check_episode,
+    check_episode_ids,
+    check_episode_lengths,
+    check_finite,
+    check_flags_at_ends,
+    check_gamma,
+    check_observation_space,
+    check_step_arrays,
+    get_field,
+)
+from qtkit.data.windows import sample_windows
 from qtkit.errors import DataError
 
 DEFAULT_GAMMA = 0.99
-#: added to the observation std (ALGORITHMS.md §1)
-OBS_STD_EPS = 1e-6
 
 __all__ = ["DEFAULT_GAMMA", "Episode", "TrajectoryDataset"]
 
@@ -74,101 +91,8 @@ class Episode:
         return float(np.sum(self.rewards, dtype=np.float64))
 
 
-def _as_2d(name: str, value: Any, where: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-        raise DataError(f"{name}{where} is a scalar; it must be an array with one row per step.")
-    if arr.ndim == 1:
-        return arr.reshape(-1, 1)
-    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
-
-
-def _as_1d(name: str, value: Any, where: str) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise DataError(f"{name}{where} must have one value per step, got shape {tuple(arr.shape)}.")
-    return arr
-
-
-def _as_flags(name: str, value: Any, where: str) -> np.ndarray:
-    arr = _as_1d(name, value, where)
-    return arr if arr.dtype == np.bool_ else arr != 0
-
-
-def _first_nonfinite(arr: np.ndarray) -> tuple[int, int, float] | None:
-    """(row, column, value) of the first NaN/inf in a 1-D or 2-D float array, or None."""
-    if not np.issubdtype(arr.dtype, np.floating):
-        return None
-    bad = ~np.isfinite(arr)
-    if not bad.any():
-        return None
-    flat = int(np.flatnonzero(bad.reshape(-1))[0])
-    if arr.ndim == 1:
-        return flat, -1, float(arr[flat])
-    row, col = divmod(flat, arr.shape[1])
-    return row, col, float(arr[row, col])
-
-
-def _get_field(ep: Any, names: tuple[str, ...], index: int, required: bool = True) -> Any:
-    for name in names:
-        if isinstance(ep, Mapping):
-            if name in ep:
-                return ep[name]
-        elif hasattr(ep, name):
-            return getattr(ep, name)
-    if required:
-        present = sorted(ep) if isinstance(ep, Mapping) else [a for a in vars(ep) if not a.startswith("_")]
-        raise DataError(
-            f"episode {index} has no {names[0]!r} (fields present: {present}); an episode needs observations "
-            "[T+1, ...], actions [T, ...] and rewards [T] (terminations/truncations [T] are optional)."
-        )
-    return None
-
-
-def _discounted_returns(
-    rewards: np.ndarray,
-    terminations: np.ndarray,
-    lengths: np.ndarray,
-    offsets: np.ndarray,
-    gamma: float,
-    max_elements: int = 1 << 20,
-) -> np.ndarray:
-    """Per-step discounted returns ``[N]`` (float64) with ``qtkit.backups.functional.discounted_returns``.
-
-    Episodes are sorted by length and processed in padded ``[rows, T_max]`` chunks of at most
-    ``max_elements`` entries, so memory stays bounded and padding small.
-    """
-    from qtkit.backups.functional import discounted_returns
-
-    out = np.empty(len(rewards), dtype=np.float64)
-    order = np.argsort(-lengths, kind="stable")
-    i = 0
-    while i < len(order):
-        t_max = int(lengths[order[i]])
-        chunk = order[i: i + max(1, max_elements // t_max)]
-        i += len(chunk)
-        t = np.arange(t_max)
-        mask = t[None, :] < lengths[chunk][:, None]
-        idx = np.where(mask, offsets[chunk][:, None] + t[None, :], 0)
-        r = torch.from_numpy(np.where(mask, rewards[idx], 0.0))
-        term = torch.from_numpy(mask & terminations[idx])
-        g = discounted_returns(r, term, torch.from_numpy(mask), gamma).numpy()
-        out[idx[mask]] = g[mask]
-    return out
-
-
-def _check_gamma(gamma: Any) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.floating | np.integer):
-        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}.")
-    g = float(gamma)
-    if not 0.0 <= g <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}.")
-    return g
-
-
 def _readonly(arr: np.ndarray) -> np.ndarray:
+    """``arr`` made read-only in place (the dataset hands out views of its arrays)."""
     arr.setflags(write=False)
     return arr
 
@@ -210,113 +134,45 @@ class TrajectoryDataset:
         episode_ids: Any = None,
     ) -> None:
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._gamma = _check_gamma(gamma)
+        self._gamma = check_gamma(gamma)
         name = self.name
 
-        lengths = np.asarray(episode_lengths)
-        if lengths.ndim != 1 or not (np.issubdtype(lengths.dtype, np.integer) or lengths.size == 0):
-            raise DataError(f"episode_lengths of {name} must be a 1-D integer array, got {lengths!r}.")
-        lengths = lengths.astype(np.int64)
+        lengths = check_episode_lengths(episode_lengths, name)
         E = len(lengths)
-        if E == 0:
-            raise DataError(f"dataset {name} is empty: it has no episodes. Check the source (file, Minari id).")
-        short = np.flatnonzero(lengths < 1)
-        if short.size:
-            raise DataError(
-                f"episode {int(short[0])} of {name} has {int(lengths[short[0]])} steps; every episode needs at "
-                "least one step (one action and two observations). Drop empty episodes before loading."
-            )
-        N = int(lengths.sum())
-
-        obs = _as_2d("observations", observations, f" of {name}")
-        act = _as_2d("actions", actions, f" of {name}")
-        rew = _as_1d("rewards", rewards, f" of {name}")
-        term = _as_flags("terminations", terminations, f" of {name}")
-        trunc = _as_flags("truncations", truncations, f" of {name}")
-        expected = {"observations": (len(obs), N + E), "actions": (len(act), N), "rewards": (len(rew), N),
-                    "terminations": (len(term), N), "truncations": (len(trunc), N)}
-        wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
-        if wrong:
-            got = ", ".join(f"{k} has {a} rows (expected {b})" for k, (a, b) in wrong.items())
-            raise DataError(
-                f"length mismatch in {name}: {got}. With {E} episodes of {N} steps in all, there must be N "
-                "actions/rewards/terminations/truncations and N + E observations (each episode keeps its final "
-                "observation)."
-            )
-        if act.shape[1] == 0 or obs.shape[1] == 0:
-            raise DataError(f"{name}: observations and actions need at least one column, got {obs.shape}, {act.shape}.")
+        obs = as_2d("observations", observations, f" of {name}")
+        act = as_2d("actions", actions, f" of {name}")
+        rew = as_1d("rewards", rewards, f" of {name}")
+        term = as_flags("terminations", terminations, f" of {name}")
+        trunc = as_flags("truncations", truncations, f" of {name}")
+        check_step_arrays(obs, act, rew, term, trunc, lengths, name)
 
         offsets = np.zeros(E + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         obs_offsets = offsets + np.arange(E + 1)
-        if episode_ids is None:
-            ids = np.arange(E, dtype=np.int64)
-        else:
-            ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
-            if len(ids) != E:
-                raise DataError(f"{name}: {len(ids)} episode ids for {E} episodes.")
+        ids = check_episode_ids(episode_ids, E, name)
         self._ids = _readonly(ids)
         self._offsets = _readonly(offsets)
         self._lengths = _readonly(lengths)
 
-        if observation_space is not None:
-            from gymnasium import spaces
-
-            if spaces.flatdim(observation_space) != obs.shape[1]:
-                raise DataError(
-                    f"{name}: the observation space {observation_space} flattens to {spaces.flatdim(observation_space)}"
-                    f" values but the observations have {obs.shape[1]} columns."
-                )
+        check_observation_space(observation_space, obs.shape[1], name)
         self._observation_space = observation_space
 
-        checks = (("observations", obs, obs_offsets), ("actions", act, offsets), ("rewards", rew, offsets))
-        for key, arr, offs in checks:
-            bad = _first_nonfinite(arr)
-            if bad is None:
-                continue
-            row, col, value = bad
-            ep = int(np.searchsorted(offs, row, side="right") - 1)
-            step = row - int(offs[ep])
-            final = " (the final observation)" if key == "observations" and step == lengths[ep] else ""
-            part = ""
-            if col >= 0:
-                sub = column_name(observation_space, col) if key == "observations" else ""
-                part = f", column {col}" + (f" = key {sub}" if sub else "")
-            raise DataError(
-                f"{key} of {name} contain {value} at episode {ep}{self._id_note(ep)}, step {step}{final}{part}. "
-                "Clean the data (drop or repair that episode) before loading: qtkit does not train on NaN/inf."
-            )
-
+        check_finite(obs, act, rew, offsets, obs_offsets, lengths, ids, observation_space, name)
+        check_flags_at_ends(term, trunc, offsets, lengths, ids, name)
         last = offsets[1:] - 1
-        for key, flags in (("terminations", term), ("truncations", trunc)):
-            inner = flags.copy()
-            inner[last] = False
-            if inner.any():
-                row = int(np.flatnonzero(inner)[0])
-                ep = int(np.searchsorted(offsets, row, side="right") - 1)
-                raise DataError(
-                    f"{key}[{row - int(offsets[ep])}] of episode {ep}{self._id_note(ep)} in {name} is True before the "
-                    f"episode's last step ({int(lengths[ep]) - 1}); an episode ends at its first termination or "
-                    "truncation: split it there."
-                )
         trunc = trunc.copy()
         trunc[last] |= ~term[last] & ~trunc[last]  # a cut episode without flags is truncated
 
-        # statistics, in float64 then stored as float32
+        # statistics (qtkit.data.statistics), in float64 then stored as float32
         # from the stored float32 rewards, so that a saved and reloaded dataset has identical statistics
         rew = rew.astype(np.float32, copy=False)
         r64 = rew.astype(np.float64)
-        ep_of_step = np.repeat(np.arange(E), lengths)
-        suffix = np.zeros(N + 1, dtype=np.float64)
-        suffix[:N] = np.cumsum(r64[::-1])[::-1]
-        rtg = suffix[:N] - suffix[offsets[1:]][ep_of_step]
-        self._episode_returns = _readonly(np.add.reduceat(r64, offsets[:-1]))
-        self._timesteps = _readonly(np.arange(N, dtype=np.int64) - offsets[ep_of_step])
-        final_rows = obs_offsets[1:] - 1
-        step_obs = np.delete(obs, final_rows, axis=0).astype(np.float64, copy=False)
-        self._obs_mean = _readonly(step_obs.mean(axis=0).astype(np.float32))
-        self._obs_std = _readonly((step_obs.std(axis=0) + OBS_STD_EPS).astype(np.float32))
-        del step_obs
+        rtg = statistics.return_to_go(r64, lengths, offsets)
+        self._episode_returns = _readonly(statistics.episode_returns(r64, offsets))
+        self._timesteps = _readonly(statistics.timesteps(lengths, offsets))
+        obs_mean, obs_std = statistics.observation_stats(obs, obs_offsets)
+        self._obs_mean = _readonly(obs_mean)
+        self._obs_std = _readonly(obs_std)
 
         # flat arrays with one zero row at the end: padded window positions gather that row
         def padded(arr: np.ndarray, dtype: Any) -> np.ndarray:
@@ -331,7 +187,7 @@ class TrajectoryDataset:
         self._term = padded(term, np.bool_)
         self._trunc = padded(trunc, np.bool_)
         self._r64 = r64
-        self._returns = padded(_discounted_returns(r64, term, lengths, offsets, self._gamma), np.float32)
+        self._returns = padded(statistics.flat_discounted_returns(r64, term, lengths, offsets, self._gamma), np.float32)
         self._slot_cache: dict[int, np.ndarray] = {}
 
         if action_space is None:
@@ -363,7 +219,7 @@ class TrajectoryDataset:
         eps = list(episodes)
         if not eps:
             raise DataError("from_episodes got no episodes; a dataset needs at least one episode of one step.")
-        first_obs = _get_field(eps[0], ("observations",), 0)
+        first_obs = get_field(eps[0], ("observations",), 0)
         if observation_space is None and isinstance(first_obs, Mapping):
             from gymnasium import spaces
 
@@ -374,7 +230,7 @@ class TrajectoryDataset:
         obs_list, act_list, rew_list, term_list, trunc_list, lengths, ids = [], [], [], [], [], [], []
         for i, ep in enumerate(eps):
             where = f" of episode {i}"
-            raw_obs = _get_field(ep, ("observations",), i)
+            raw_obs = get_field(ep, ("observations",), i)
             if observation_space is not None:
                 try:
                     obs = flatten_observation(observation_space, raw_obs)
@@ -383,29 +239,17 @@ class TrajectoryDataset:
                 if obs.ndim != 2:
                     raise DataError(f"episode {i}: observations must be a batch [T+1, ...], got one observation.")
             else:
-                obs = _as_2d("observations", raw_obs, where)
-            act = _as_2d("actions", _get_field(ep, ("actions",), i), where)
-            rew = _as_1d("rewards", _get_field(ep, ("rewards",), i), where)
+                obs = as_2d("observations", raw_obs, where)
+            act = as_2d("actions", get_field(ep, ("actions",), i), where)
+            rew = as_1d("rewards", get_field(ep, ("rewards",), i), where)
             T = len(rew)
-            term = _get_field(ep, ("terminations", "terminals"), i, required=False)
-            trunc = _get_field(ep, ("truncations", "timeouts"), i, required=False)
-            term = np.zeros(T, dtype=bool) if term is None else _as_flags("terminations", term, where)
-            trunc = np.zeros(T, dtype=bool) if trunc is None else _as_flags("truncations", trunc, where)
-            sizes = {"observations": len(obs), "actions": len(act), "terminations": len(term),
-                     "truncations": len(trunc)}
-            want = {"observations": T + 1, "actions": T, "terminations": T, "truncations": T}
-            if T < 1 or any(sizes[k] != want[k] for k in sizes):
-                got = ", ".join(f"{k} {v}" for k, v in sizes.items())
-                raise DataError(
-                    f"episode {i} has mismatched lengths: rewards {T}, {got}. An episode of T >= 1 steps needs T+1 "
-                    "observations (the final one kept), T actions, T rewards, T terminations/truncations."
-                )
-            if obs_list and (obs.shape[1] != obs_list[0].shape[1] or act.shape[1] != act_list[0].shape[1]):
-                raise DataError(
-                    f"episode {i} has {obs.shape[1]} observation and {act.shape[1]} action columns but episode 0 has "
-                    f"{obs_list[0].shape[1]} and {act_list[0].shape[1]}; every episode must share the same spaces."
-                )
-            ep_id = _get_field(ep, ("id",), i, required=False)
+            term = get_field(ep, ("terminations", "terminals"), i, required=False)
+            trunc = get_field(ep, ("truncations", "timeouts"), i, required=False)
+            term = np.zeros(T, dtype=bool) if term is None else as_flags("terminations", term, where)
+            trunc = np.zeros(T, dtype=bool) if trunc is None else as_flags("truncations", trunc, where)
+            columns = (obs_list[0].shape[1], act_list[0].shape[1]) if obs_list else None
+            check_episode(i, obs, act, rew, term, trunc, columns)
+            ep_id = get_field(ep, ("id",), i, required=False)
             obs_list.append(obs)
             act_list.append(act)
             rew_list.append(rew)
@@ -422,26 +266,7 @@ class TrajectoryDataset:
         )
 
     def _set_action_space(self, action_space: Any) -> None:
-        from gymnasium import spaces
-
-        act_dim = self._act.shape[1]
-        if not isinstance(action_space, spaces.Box):
-            raise DataError(
-                f"{self.name}: action space {action_space} is not continuous (Box); qtkit's policies and critics "
-                "need bounded continuous actions."
-            )
-        if int(np.prod(action_space.shape)) != act_dim:
-            raise DataError(
-                f"{self.name}: the action space {action_space} has {int(np.prod(action_space.shape))} dimensions but "
-                f"the actions have {act_dim} columns."
-            )
-        low = np.asarray(action_space.low, dtype=np.float32).reshape(-1)
-        high = np.asarray(action_space.high, dtype=np.float32).reshape(-1)
-        if not (np.isfinite(low).all() and np.isfinite(high).all()) or (low >= high).any():
-            raise DataError(
-                f"{self.name}: the action space {action_space} must have finite bounds with low < high; pass "
-                "action_low=..., action_high=... to qtkit.data.load_dataset (or action_space=Box(...))."
-            )
+        low, high = check_action_space(action_space, self._act.shape[1], self.name)
         self._action_space = action_space
         self._action_low = _readonly(low)
         self._action_high = _readonly(high)
@@ -456,9 +281,9 @@ class TrajectoryDataset:
         new = copy.copy(self)
         new.metadata = {**self.metadata, **dict(metadata or {})}
         new._slot_cache = {}
-        if gamma is not None and _check_gamma(gamma) != self._gamma:
+        if gamma is not None and check_gamma(gamma) != self._gamma:
             new._gamma = float(gamma)
-            g = _discounted_returns(self._r64, self._term[:-1], self._lengths, self._offsets, new._gamma)
+            g = statistics.flat_discounted_returns(self._r64, self._term[:-1], self._lengths, self._offsets, new._gamma)
             ret = np.zeros(len(g) + 1, dtype=np.float32)
             ret[:-1] = g
             new._returns = _readonly(ret)
@@ -476,12 +301,6 @@ class TrajectoryDataset:
         """A human name for messages: the dataset id, the file path, or '<in-memory dataset>'."""
         md = self.metadata
         return str(md.get("dataset_id") or md.get("path") or "<in-memory dataset>")
-
-    def _id_note(self, ep: int) -> str:
-        ids = getattr(self, "_ids", None)
-        if ids is None or int(ids[ep]) == ep:
-            return ""
-        return f" (id {int(ids[ep])})"
 
     @property
     def gamma(self) -> float:
@@ -689,51 +508,9 @@ class TrajectoryDataset:
         ∝ T, start uniform in [0, T-1]); ``"inside"`` keeps full windows (start in [0, max(0, T-K)]).
         No window crosses an episode; padding is on the right and holds zeros (``mask`` False).
         ``rtg`` is the undiscounted return-to-go divided by ``rtg_scale``; observations are raw.
+        Implemented by :func:`qtkit.data.windows.sample_windows`.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-        if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
-            raise ValueError(f"K (the window length, context) must be an int >= 1, got {K!r}.")
-        scale = float(rtg_scale)
-        if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"rtg_scale must be a finite number > 0, got {rtg_scale!r}.")
-        B, K = int(batch_size), int(K)
-        rng = generator if isinstance(generator, RandomSource) else RandomSource(generator)
-        slots = None
-        if scheme == "uniform":
-            slots = self._slot_cache.get(K)
-            if slots is None:
-                slots = np.zeros(self.num_episodes + 1, dtype=np.int64)
-                np.cumsum(self._lengths + (K - 1), out=slots[1:])
-                self._slot_cache[K] = slots
-        episode, first, valid = sample_window_starts(self._lengths, self._offsets, B, K, rng, scheme, slots)
-
-        k = np.arange(K, dtype=np.int64)
-        mask = k[None, :] < valid[:, None]  # [B, K]
-        steps = first[:, None] + k[None, :]  # absolute step index
-        srow = np.where(mask, self._offsets[episode][:, None] + steps, self.num_steps).reshape(-1)
-        orow = np.where(mask, (self._offsets[episode] + episode)[:, None] + steps, -1).reshape(-1)
-        nrow = np.where(orow >= 0, orow + 1, -1)  # the zero row is the last one
-        obs_dim, act_dim = self.obs_dim, self.act_dim
-
-        def t(arr: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(arr)
-
-        rtg = self._rtg.take(srow).reshape(B, K)
-        if scale != 1.0:
-            rtg = rtg / np.float32(scale)
-        batch = Batch(
-            observations=t(self._obs.take(orow, axis=0).reshape(B, K, obs_dim)),
-            next_observations=t(self._obs.take(nrow, axis=0).reshape(B, K, obs_dim)),
-            actions=t(self._act.take(srow, axis=0).reshape(B, K, act_dim)),
-            rewards=t(self._rew.take(srow).reshape(B, K)),
-            rtg=t(rtg),
-            returns=t(self._returns.take(srow).reshape(B, K)),
-            timesteps=t(np.where(mask, steps, 0)),
-            terminals=t(self._term.take(srow).reshape(B, K)),
-            mask=t(mask),
-        )
-        return batch if device is None else batch.to(device)
+        return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device)
 
     # ----------------------------------------------------------------------------------- save
     def to_npz(self, path: str | os.PathLike[str], compress: bool = False) -> Path:
@@ -741,50 +518,7 @@ class TrajectoryDataset:
 
         Keys: ``observations, next_observations, actions [N, ...]``, ``rewards, terminals, timeouts [N]``,
         ``ref_min_score``, ``ref_max_score``, ``env_id`` when known, and ``qtkit_metadata`` (JSON:
-        metadata, gamma, spaces, episode ids). Written to a temporary file then renamed (atomic).
+        metadata, gamma, spaces, episode ids). Written to a temporary file then renamed (atomic), by
+        :func:`qtkit.data.serialization.write_npz`.
         """
-        path = Path(os.fspath(path))
-        E, N = self.num_episodes, self.num_steps
-        obs_offsets = self._offsets + np.arange(E + 1)
-        obs = self._obs[:-1]
-        arrays: dict[str, np.ndarray] = {
-            "observations": np.delete(obs, obs_offsets[1:] - 1, axis=0),
-            "next_observations": np.delete(obs, obs_offsets[:-1], axis=0),
-            "actions": self._act[:N],
-            "rewards": self._rew[:N],
-            "terminals": self._term[:N],
-            "timeouts": self._trunc[:N],
-        }
-        for key in ("ref_min_score", "ref_max_score"):
-            if self.metadata.get(key) is not None:
-                arrays[key] = np.asarray(float(self.metadata[key]))
-        if self.env_id:
-            arrays["env_id"] = np.asarray(self.env_id)
-        extra = {
-            "metadata": self.metadata,
-            "gamma": self.gamma,
-            "observation_space": _space_json_or_none(self._observation_space),
-            "action_space": space_to_json(self._action_space),
-            "episode_ids": self._ids.tolist(),
-        }
-        arrays["qtkit_metadata"] = np.asarray(json.dumps(extra, default=str))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                (np.savez_compressed if compress else np.savez)(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
-
-
-def _space_json_or_none(space: Any) -> str | None:
-    if space is None:
-        return None
-    try:
-        return space_to_json(space)
-    except DataError:
-        return None
+        return write_npz(self, path, compress)

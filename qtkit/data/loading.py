@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset, _first_nonfinite
+from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset
+from qtkit.data.validation import first_nonfinite
 from qtkit.errors import DataError, did_you_mean
 
 __all__ = ["D4RL_KEYS", "load_dataset", "make_env_for"]
@@ -113,7 +114,7 @@ def _missing_path_message(text: str, path: Path) -> str:
     msg = f"no such file: {path}. load_dataset takes a path to a D4RL-style .hdf5/.npz file or 'minari:<dataset_id>'."
     if "/" in text or re.search(r"-v\d+$", text):
         try:
-            local = _local_minari_ids()
+            local = local_minari_ids()
         except Exception:
             local = []
         if text in local:
@@ -251,7 +252,7 @@ def _from_flat(
     for key in ("observations", "next_observations", "actions", "rewards"):
         if key not in flat:
             continue
-        bad = _first_nonfinite(flat[key])
+        bad = first_nonfinite(flat[key])
         if bad is None:
             continue
         row, col, value = bad
@@ -338,10 +339,17 @@ def _saved_spaces(saved: Mapping[str, Any], path: Path) -> tuple[Any, Any]:
 
 
 # ----------------------------------------------------------------------------------------- minari
-def _local_minari_ids() -> list[str]:
-    import minari
+def local_minari_ids(*, missing_ok: bool = False) -> list[str]:
+    """The ids of the Minari datasets on this machine, sorted. ``missing_ok``: an empty list (instead of an
+    ImportError) when minari is not installed or cannot list them."""
+    try:
+        import minari
 
-    return sorted(minari.list_local_datasets())
+        return sorted(minari.list_local_datasets())
+    except Exception:
+        if missing_ok:
+            return []
+        raise
 
 
 def _datasets_root() -> str:
@@ -362,7 +370,7 @@ def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> Trajec
         raise DataError("empty Minari dataset id; write 'minari:<dataset_id>', e.g. 'minari:D4RL/pointmaze/umaze-v2'.")
     import minari
 
-    local = _local_minari_ids()
+    local = local_minari_ids()
     resolved = _resolve_minari_id(dataset_id, local)
     if resolved is None:
         if not download:
@@ -377,7 +385,7 @@ def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> Trajec
             minari.download_dataset(dataset_id)
         except Exception as e:
             raise DataError(f"could not download Minari dataset {dataset_id!r}: {e}") from None
-        resolved = _resolve_minari_id(dataset_id, _local_minari_ids()) or dataset_id
+        resolved = _resolve_minari_id(dataset_id, local_minari_ids()) or dataset_id
     try:
         mds = minari.load_dataset(resolved)
     except Exception as e:

@@ -1,4 +1,5 @@
-"""Where training windows start: the sampling schemes, as pure vectorised index maths.
+"""Training windows: where they start (the sampling schemes, as pure vectorised index maths) and
+:func:`sample_windows`, which gathers them from a ``TrajectoryDataset`` into a ``Batch``.
 
 A window is K consecutive steps of one episode, placed left-aligned in a row of K positions and
 padded on the right. Three schemes (``scheme=`` of ``TrajectoryDataset.sample_windows``):
@@ -27,13 +28,19 @@ windows) or None (fresh entropy).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from qtkit.data.batch import Batch
+
+if TYPE_CHECKING:
+    from qtkit.data.dataset import TrajectoryDataset
 
 SCHEMES = ("uniform", "reference", "inside")
 
-__all__ = ["SCHEMES", "RandomSource", "episode_weights", "sample_window_starts"]
+__all__ = ["SCHEMES", "RandomSource", "episode_weights", "sample_window_starts", "sample_windows"]
 
 
 class RandomSource:
@@ -47,11 +54,7 @@ class RandomSource:
         if isinstance(generator, np.random.Generator):
             self._np = generator
             return
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a core dependency
-            torch = None
-        if torch is not None and isinstance(generator, torch.Generator):
+        if isinstance(generator, torch.Generator):
             self._torch = generator
             self._np = None
             return
@@ -63,8 +66,6 @@ class RandomSource:
     def integers(self, high: int, size: int) -> np.ndarray:
         """``size`` int64 draws uniform in [0, high)."""
         if self._torch is not None:
-            import torch
-
             out = torch.randint(0, int(high), (size,), generator=self._torch, device=self._torch.device)
             return out.cpu().numpy().astype(np.int64, copy=False)
         assert self._np is not None
@@ -73,8 +74,6 @@ class RandomSource:
     def random(self, size: int) -> np.ndarray:
         """``size`` float64 draws uniform in [0, 1)."""
         if self._torch is not None:
-            import torch
-
             out = torch.rand((size,), generator=self._torch, device=self._torch.device, dtype=torch.float64)
             return out.cpu().numpy()
         assert self._np is not None
@@ -130,3 +129,67 @@ def sample_window_starts(
         first = np.minimum((rng.random(batch_size) * n_starts).astype(np.int64), n_starts - 1)
     valid = np.minimum(K, T - first)
     return episode, first, valid
+
+
+def sample_windows(
+    dataset: TrajectoryDataset,
+    batch_size: int,
+    K: int,
+    generator: Any = None,
+    rtg_scale: float = 1.0,
+    *,
+    scheme: str = "uniform",
+    device: str | torch.device | None = None,
+) -> Batch:
+    """``batch_size`` windows of ``K`` steps of ``dataset`` as a :class:`Batch` (all ``[B, K, ...]``).
+
+    The body of :meth:`TrajectoryDataset.sample_windows` (see it for the arguments): draws the
+    starts with :func:`sample_window_starts` and gathers the dataset's flat arrays, whose extra
+    zero row at the end fills the padded positions. The uniform scheme's slot offsets are cached
+    per K on the dataset.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
+        raise ValueError(f"K (the window length, context) must be an int >= 1, got {K!r}.")
+    scale = float(rtg_scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"rtg_scale must be a finite number > 0, got {rtg_scale!r}.")
+    B, K = int(batch_size), int(K)
+    rng = generator if isinstance(generator, RandomSource) else RandomSource(generator)
+    lengths, offsets = dataset.episode_lengths, dataset.episode_offsets
+    slots = None
+    if scheme == "uniform":
+        slots = dataset._slot_cache.get(K)
+        if slots is None:
+            slots = np.zeros(dataset.num_episodes + 1, dtype=np.int64)
+            np.cumsum(lengths + (K - 1), out=slots[1:])
+            dataset._slot_cache[K] = slots
+    episode, first, valid = sample_window_starts(lengths, offsets, B, K, rng, scheme, slots)
+
+    k = np.arange(K, dtype=np.int64)
+    mask = k[None, :] < valid[:, None]  # [B, K]
+    steps = first[:, None] + k[None, :]  # absolute step index
+    srow = np.where(mask, offsets[episode][:, None] + steps, dataset.num_steps).reshape(-1)
+    orow = np.where(mask, (offsets[episode] + episode)[:, None] + steps, -1).reshape(-1)
+    nrow = np.where(orow >= 0, orow + 1, -1)  # the zero row is the last one
+    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
+
+    def t(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(arr)
+
+    rtg = dataset._rtg.take(srow).reshape(B, K)
+    if scale != 1.0:
+        rtg = rtg / np.float32(scale)
+    batch = Batch(
+        observations=t(dataset._obs.take(orow, axis=0).reshape(B, K, obs_dim)),
+        next_observations=t(dataset._obs.take(nrow, axis=0).reshape(B, K, obs_dim)),
+        actions=t(dataset._act.take(srow, axis=0).reshape(B, K, act_dim)),
+        rewards=t(dataset._rew.take(srow).reshape(B, K)),
+        rtg=t(rtg),
+        returns=t(dataset._returns.take(srow).reshape(B, K)),
+        timesteps=t(np.where(mask, steps, 0)),
+        terminals=t(dataset._term.take(srow).reshape(B, K)),
+        mask=t(mask),
+    )
+    return batch if device is None else batch.to(device)

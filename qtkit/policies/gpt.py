@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import hidden_at
 from qtkit.errors import ConfigError
+from qtkit.params import DropoutRate, NonNegativeFloat, PositiveInt
 from qtkit.policies.base import BCPolicy
 from qtkit.registry import register
 
@@ -38,15 +39,13 @@ class GPTPolicy(BCPolicy):
         action_low: Sequence[float],
         action_high: Sequence[float],
         backbone: nn.Module,
-        max_timestep: int = 1000,
+        max_timestep: PositiveInt = 1000,
         predict_next_state: bool = True,
-        next_state_weight: float = 1.0,
-        embed_dropout: float = 0.1,
+        next_state_weight: NonNegativeFloat = 1.0,
+        embed_dropout: DropoutRate = 0.1,
     ) -> None:
         super().__init__()
         low, high = check_bounded(action_low, action_high, "policy 'gpt'")
-        if max_timestep < 1:
-            raise ConfigError(f"policy 'gpt': max_timestep must be >= 1, got {max_timestep}.")
         width = int(backbone.width)
         self.obs_dim, self.act_dim, self.max_timestep = obs_dim, act_dim, max_timestep
         self.predict_next_state = predict_next_state

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.errors import ConfigError
+from qtkit.params import NonNegativeFloat, UnitInterval
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler
 
@@ -30,11 +31,7 @@ class ARGreedySampler(Sampler):
     needs_critic = True
     num_rows = 1
 
-    def __init__(self, epsilon: float = 0.0, temperature: float = 0.0) -> None:
-        if not 0.0 <= epsilon <= 1.0:
-            raise ConfigError(f"sampler 'ar-greedy': epsilon must be in [0, 1], got {epsilon}.")
-        if not temperature >= 0.0:
-            raise ConfigError(f"sampler 'ar-greedy': temperature must be >= 0 (0 = argmax), got {temperature}.")
+    def __init__(self, epsilon: UnitInterval = 0.0, temperature: NonNegativeFloat = 0.0) -> None:
         self.epsilon, self.temperature = float(epsilon), float(temperature)
 
     def _chooser(self, generator: torch.Generator) -> Callable[[Tensor, int], Tensor]:

@@ -83,7 +83,7 @@ def candidate_actions(policy: Policy, ctx: RolloutContext) -> Tensor:
             inverse = None
     states, actions = ctx.states[env], ctx.actions[env]
     timesteps, mask = ctx.timesteps[env], ctx.mask[env]
-    if getattr(policy, "supports_last_only", False):
+    if policy.supports_last_only:
         predicted, _ = policy(states, actions, rtg, timesteps, mask, last_only=True)
     else:
         predicted, _ = policy(states, actions, rtg, timesteps, mask)

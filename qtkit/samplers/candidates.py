@@ -8,19 +8,13 @@ import torch
 from torch import Tensor
 
 from qtkit.errors import ConfigError
+from qtkit.params import FiniteFloat, NonNegativeFloat, PositiveInt
 from qtkit.registry import register
 from qtkit.samplers.base import RolloutContext, Sampler, candidate_actions, choose
 
 if TYPE_CHECKING:
     from qtkit.critics.base import Critic
     from qtkit.policies.base import Policy
-
-
-def _check_selection(name: str, selection: str, temperature: float) -> None:
-    if selection not in ("argmax", "softmax"):
-        raise ConfigError(f"sampler {name!r}: selection must be 'argmax' or 'softmax', got {selection!r}.")
-    if temperature < 0:
-        raise ConfigError(f"sampler {name!r}: temperature must be >= 0, got {temperature}.")
 
 
 @register("sampler", "rtg-grid")
@@ -31,18 +25,15 @@ class RTGGridSampler(Sampler):
 
     def __init__(
         self,
-        candidates: int = 50,
-        targets: list[float] | None = None,
-        target_fractions: list[float] = [1.0, 0.75, 0.5],  # noqa: B006
-        noise_std: float = 0.1,
+        candidates: PositiveInt = 50,
+        targets: list[FiniteFloat] | None = None,
+        target_fractions: list[FiniteFloat] = [1.0, 0.75, 0.5],  # noqa: B006
+        noise_std: NonNegativeFloat = 0.1,
         q_rtg_row: bool = False,
         selection: Literal["argmax", "softmax"] = "softmax",
-        temperature: float = 1.0,
+        temperature: NonNegativeFloat = 1.0,
         rtg_scale: float = 1.0,
     ) -> None:
-        _check_selection("rtg-grid", selection, temperature)
-        if candidates < 1:
-            raise ConfigError(f"sampler 'rtg-grid': candidates must be >= 1, got {candidates}.")
         self.num_rows = candidates
         self.targets = targets
         self.target_fractions = target_fractions
@@ -81,7 +72,7 @@ class RTGGridSampler(Sampler):
 class SingleRTGSampler(Sampler):
     """Plain Decision Transformer: one return target, the policy's action, no critic."""
 
-    def __init__(self, target: float | None = None, target_fraction: float = 1.0) -> None:
+    def __init__(self, target: FiniteFloat | None = None, target_fraction: FiniteFloat = 1.0) -> None:
         self.target = target
         self.target_fraction = target_fraction
         self.targets = None if target is None else [target]
@@ -103,16 +94,13 @@ class GaussianSampler(Sampler):
 
     def __init__(
         self,
-        candidates: int = 50,
-        std: float = 0.1,
-        target: float | None = None,
-        target_fraction: float = 1.0,
+        candidates: PositiveInt = 50,
+        std: NonNegativeFloat = 0.1,
+        target: FiniteFloat | None = None,
+        target_fraction: FiniteFloat = 1.0,
         selection: Literal["argmax", "softmax"] = "argmax",
-        temperature: float = 1.0,
+        temperature: NonNegativeFloat = 1.0,
     ) -> None:
-        _check_selection("gaussian", selection, temperature)
-        if candidates < 1 or std < 0:
-            raise ConfigError(f"sampler 'gaussian': need candidates >= 1 and std >= 0, got {candidates}, {std}.")
         self.candidates, self.std = candidates, std
         self.targets = None if target is None else [target]
         self.target_fractions = [target_fraction]

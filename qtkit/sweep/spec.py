@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from qtkit.config import deep_merge
 from qtkit.errors import ConfigError, did_you_mean
 
 __all__ = ["Method", "SweepDataset", "SweepError", "SweepSpec", "Trial", "expand_trials", "load_sweep", "parse_sweep",
@@ -173,28 +174,9 @@ def _dataset_label(spec: str) -> str:
     return _safe_label(body.rsplit("/", 1)[-1])
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _unknown(where: str, keys: Any, allowed: tuple[str, ...]) -> list[str]:
     return [f"{where}: unknown key {k!r}.{did_you_mean(str(k), allowed)} Allowed: {', '.join(allowed)}."
             for k in keys if k not in allowed]
-
-
-def _local_minari_ids() -> list[str]:
-    try:
-        import minari
-
-        return list(minari.list_local_datasets())
-    except Exception:
-        return []
 
 
 def _check_dataset(index: int, entry: Any, problems: list[str], local_ids: list[str]) -> SweepDataset | None:
@@ -314,7 +296,7 @@ def _slot_params_for(preset: str, slot: str, current: Any, params: dict[str, Any
 
 def preset_overrides(preset: str, common: dict[str, Any], dataset_set: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     """What a preset is built with: sweep ``set`` < dataset ``set`` (both filtered by :func:`_common_for`) < its own."""
-    return _deep_merge(_common_for(preset, _deep_merge(common, dataset_set)), own)
+    return deep_merge(_common_for(preset, deep_merge(common, dataset_set)), own)
 
 
 def _check_method(index: int, entry: Any, common: dict[str, Any], problems: list[str], presets: list[str],
@@ -410,7 +392,9 @@ def parse_sweep(raw: Any, source: str = "<dict>", base_dir: str | Path | None = 
         problems.append(f"set: expected a mapping of overrides for every preset, got {common!r}.")
         common = {}
 
-    local_ids = _local_minari_ids() if check_datasets else []
+    from qtkit.data.loading import local_minari_ids
+
+    local_ids = local_minari_ids(missing_ok=True) if check_datasets else []
     datasets: list[SweepDataset] = []
     entries = raw.get("datasets") or []
     if not isinstance(entries, list) or not entries:

@@ -21,8 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from qtkit.cpu import set_torch_threads
 from qtkit.sweep.spec import Trial
-from qtkit.threads import set_torch_threads
 
 __all__ = ["read_status", "run_trial", "write_status"]
 

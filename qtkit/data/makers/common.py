@@ -194,16 +194,3 @@ def preserved_global_rng() -> Iterator[None]:
         np.random.set_state(np_state)
         if torch is not None:
             torch.random.set_rng_state(torch_state)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``torch.set_num_threads(n)``, restoring the previous count afterwards."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from qtkit.cpu import torch_threads
 from qtkit.data.makers.common import (
     D4RL_REF_SCORES,
     EpisodeRecorder,
@@ -42,7 +43,6 @@ from qtkit.data.makers.common import (
     preserved_global_rng,
     progress_bar,
     record_steps,
-    torch_threads,
 )
 from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, reference_scores
 from qtkit.errors import ConfigError, QtkitError

@@ -1,0 +1,299 @@
+"""Input checks for ``TrajectoryDataset``: array coercion, the flat layout's invariants, clear errors.
+
+Shapes use the dataset's notation (E episodes of T_i steps, N = sum T_i): observations
+``[N + E, obs]`` (each episode keeps its final observation), step arrays ``[N, ...]``,
+``offsets [E+1]`` (episode i's steps are rows ``offsets[i] .. offsets[i+1] - 1``) and
+``obs_offsets = offsets + arange(E + 1)`` (episode i's observations start at ``obs_offsets[i]``).
+Every check raises :class:`qtkit.errors.DataError` (``check_gamma``: ``ValueError``) naming the
+dataset, episode, step and column at fault; ``name`` is the dataset's name for messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from qtkit.data.spaces import column_name
+from qtkit.errors import DataError
+
+__all__ = [
+    "as_1d",
+    "as_2d",
+    "as_flags",
+    "check_action_space",
+    "check_episode",
+    "check_episode_ids",
+    "check_episode_lengths",
+    "check_finite",
+    "check_flags_at_ends",
+    "check_gamma",
+    "check_observation_space",
+    "check_step_arrays",
+    "episode_id_note",
+    "first_nonfinite",
+    "get_field",
+]
+
+
+# ----------------------------------------------------------------------------------- coercion
+def as_2d(name: str, value: Any, where: str) -> np.ndarray:
+    """``value`` as ``[rows, columns]``: ``[n]`` -> ``[n, 1]``, ``[n, d1, d2, ...]`` -> ``[n, d1*d2*...]``.
+
+    ``name`` and ``where`` (e.g. ``" of episode 3"``) make the message for a scalar.
+    """
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        raise DataError(f"{name}{where} is a scalar; it must be an array with one row per step.")
+    if arr.ndim == 1:
+        return arr.reshape(-1, 1)
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
+
+
+def as_1d(name: str, value: Any, where: str) -> np.ndarray:
+    """``value`` as one value per step ``[n]`` (``[n, 1]`` is accepted); any other shape is an error."""
+    arr = np.asarray(value)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(f"{name}{where} must have one value per step, got shape {tuple(arr.shape)}.")
+    return arr
+
+
+def as_flags(name: str, value: Any, where: str) -> np.ndarray:
+    """``value`` as ``[n]`` bool flags (non-zero is True), shapes as :func:`as_1d`."""
+    arr = as_1d(name, value, where)
+    return arr if arr.dtype == np.bool_ else arr != 0
+
+
+def get_field(ep: Any, names: tuple[str, ...], index: int, required: bool = True) -> Any:
+    """The first of ``names`` that episode ``ep`` (a mapping or an object) has; None if absent and not ``required``.
+
+    ``index`` is the episode's position, for the message when a required field is missing.
+    """
+    for name in names:
+        if isinstance(ep, Mapping):
+            if name in ep:
+                return ep[name]
+        elif hasattr(ep, name):
+            return getattr(ep, name)
+    if required:
+        present = sorted(ep) if isinstance(ep, Mapping) else [a for a in vars(ep) if not a.startswith("_")]
+        raise DataError(
+            f"episode {index} has no {names[0]!r} (fields present: {present}); an episode needs observations "
+            "[T+1, ...], actions [T, ...] and rewards [T] (terminations/truncations [T] are optional)."
+        )
+    return None
+
+
+def check_gamma(gamma: Any) -> float:
+    """``gamma`` as a float in [0, 1]; ``ValueError`` for a bool, a non-number or a value outside."""
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.floating | np.integer):
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}.")
+    g = float(gamma)
+    if not 0.0 <= g <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}.")
+    return g
+
+
+# ----------------------------------------------------------------------------------- layout
+def first_nonfinite(arr: np.ndarray) -> tuple[int, int, float] | None:
+    """(row, column, value) of the first NaN/inf in a 1-D ``[n]`` or 2-D ``[n, d]`` float array, or None.
+
+    The column is -1 for a 1-D array; a non-float array has no NaN/inf.
+    """
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    flat = int(np.flatnonzero(bad.reshape(-1))[0])
+    if arr.ndim == 1:
+        return flat, -1, float(arr[flat])
+    row, col = divmod(flat, arr.shape[1])
+    return row, col, float(arr[row, col])
+
+
+def episode_id_note(ids: np.ndarray | None, ep: int) -> str:
+    """``" (id X)"`` when episode ``ep``'s source id ``ids[ep]`` (``ids [E]``) differs from its index, else ``""``."""
+    if ids is None or int(ids[ep]) == ep:
+        return ""
+    return f" (id {int(ids[ep])})"
+
+
+def check_episode_lengths(episode_lengths: Any, name: str) -> np.ndarray:
+    """``episode_lengths [E]`` as int64, checked: 1-D integers, E >= 1, every T_i >= 1."""
+    lengths = np.asarray(episode_lengths)
+    if lengths.ndim != 1 or not (np.issubdtype(lengths.dtype, np.integer) or lengths.size == 0):
+        raise DataError(f"episode_lengths of {name} must be a 1-D integer array, got {lengths!r}.")
+    lengths = lengths.astype(np.int64)
+    if len(lengths) == 0:
+        raise DataError(f"dataset {name} is empty: it has no episodes. Check the source (file, Minari id).")
+    short = np.flatnonzero(lengths < 1)
+    if short.size:
+        raise DataError(
+            f"episode {int(short[0])} of {name} has {int(lengths[short[0]])} steps; every episode needs at "
+            "least one step (one action and two observations). Drop empty episodes before loading."
+        )
+    return lengths
+
+
+def check_step_arrays(
+    obs: np.ndarray,
+    act: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    lengths: np.ndarray,
+    name: str,
+) -> None:
+    """Row counts and widths of the flat arrays against ``lengths [E]`` (sum N).
+
+    ``obs [N + E, obs]``, ``act [N, act]``, ``rew``/``term``/``trunc [N]``; obs and act need a column.
+    """
+    E, N = len(lengths), int(lengths.sum())
+    expected = {"observations": (len(obs), N + E), "actions": (len(act), N), "rewards": (len(rew), N),
+                "terminations": (len(term), N), "truncations": (len(trunc), N)}
+    wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
+    if wrong:
+        got = ", ".join(f"{k} has {a} rows (expected {b})" for k, (a, b) in wrong.items())
+        raise DataError(
+            f"length mismatch in {name}: {got}. With {E} episodes of {N} steps in all, there must be N "
+            "actions/rewards/terminations/truncations and N + E observations (each episode keeps its final "
+            "observation)."
+        )
+    if act.shape[1] == 0 or obs.shape[1] == 0:
+        raise DataError(f"{name}: observations and actions need at least one column, got {obs.shape}, {act.shape}.")
+
+
+def check_episode_ids(episode_ids: Any, num_episodes: int, name: str) -> np.ndarray:
+    """``episode_ids`` as ``[E]`` int64 (``0 .. E-1`` when None); one id per episode."""
+    if episode_ids is None:
+        return np.arange(num_episodes, dtype=np.int64)
+    ids = np.asarray(episode_ids, dtype=np.int64).reshape(-1)
+    if len(ids) != num_episodes:
+        raise DataError(f"{name}: {len(ids)} episode ids for {num_episodes} episodes.")
+    return ids
+
+
+def check_observation_space(observation_space: Any, obs_dim: int, name: str) -> None:
+    """A gymnasium ``observation_space`` (None: nothing to check) must flatten to ``obs_dim`` values."""
+    if observation_space is None:
+        return
+    from gymnasium import spaces
+
+    if spaces.flatdim(observation_space) != obs_dim:
+        raise DataError(
+            f"{name}: the observation space {observation_space} flattens to {spaces.flatdim(observation_space)}"
+            f" values but the observations have {obs_dim} columns."
+        )
+
+
+def check_finite(
+    obs: np.ndarray,
+    act: np.ndarray,
+    rew: np.ndarray,
+    offsets: np.ndarray,
+    obs_offsets: np.ndarray,
+    lengths: np.ndarray,
+    ids: np.ndarray | None,
+    observation_space: Any,
+    name: str,
+) -> None:
+    """No NaN/inf in ``obs [N + E, obs]``, ``act [N, act]``, ``rew [N]``.
+
+    The first one is reported with its episode (and source id from ``ids [E]``), step (noting the
+    final observation) and column (with the Dict key from ``observation_space`` for observations).
+    """
+    checks = (("observations", obs, obs_offsets), ("actions", act, offsets), ("rewards", rew, offsets))
+    for key, arr, offs in checks:
+        bad = first_nonfinite(arr)
+        if bad is None:
+            continue
+        row, col, value = bad
+        ep = int(np.searchsorted(offs, row, side="right") - 1)
+        step = row - int(offs[ep])
+        final = " (the final observation)" if key == "observations" and step == lengths[ep] else ""
+        part = ""
+        if col >= 0:
+            sub = column_name(observation_space, col) if key == "observations" else ""
+            part = f", column {col}" + (f" = key {sub}" if sub else "")
+        raise DataError(
+            f"{key} of {name} contain {value} at episode {ep}{episode_id_note(ids, ep)}, step {step}{final}{part}. "
+            "Clean the data (drop or repair that episode) before loading: qtkit does not train on NaN/inf."
+        )
+
+
+def check_flags_at_ends(
+    term: np.ndarray,
+    trunc: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    ids: np.ndarray | None,
+    name: str,
+) -> None:
+    """``term``/``trunc [N]`` bool may be True only at an episode's last step (row ``offsets[i+1] - 1``)."""
+    last = offsets[1:] - 1
+    for key, flags in (("terminations", term), ("truncations", trunc)):
+        inner = flags.copy()
+        inner[last] = False
+        if inner.any():
+            row = int(np.flatnonzero(inner)[0])
+            ep = int(np.searchsorted(offsets, row, side="right") - 1)
+            raise DataError(
+                f"{key}[{row - int(offsets[ep])}] of episode {ep}{episode_id_note(ids, ep)} in {name} is True before the "
+                f"episode's last step ({int(lengths[ep]) - 1}); an episode ends at its first termination or "
+                "truncation: split it there."
+            )
+
+
+def check_episode(
+    index: int,
+    obs: np.ndarray,
+    act: np.ndarray,
+    rew: np.ndarray,
+    term: np.ndarray,
+    trunc: np.ndarray,
+    columns: tuple[int, int] | None,
+) -> None:
+    """One in-memory episode ``index`` of T = len(rew) >= 1 steps: ``obs [T+1, obs]``, ``act [T, act]``,
+    ``term``/``trunc [T]``, and the same (obs, act) widths as the first episode (``columns``; None for it)."""
+    T = len(rew)
+    sizes = {"observations": len(obs), "actions": len(act), "terminations": len(term), "truncations": len(trunc)}
+    want = {"observations": T + 1, "actions": T, "terminations": T, "truncations": T}
+    if T < 1 or any(sizes[k] != want[k] for k in sizes):
+        got = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise DataError(
+            f"episode {index} has mismatched lengths: rewards {T}, {got}. An episode of T >= 1 steps needs T+1 "
+            "observations (the final one kept), T actions, T rewards, T terminations/truncations."
+        )
+    if columns is not None and (obs.shape[1] != columns[0] or act.shape[1] != columns[1]):
+        raise DataError(
+            f"episode {index} has {obs.shape[1]} observation and {act.shape[1]} action columns but episode 0 has "
+            f"{columns[0]} and {columns[1]}; every episode must share the same spaces."
+        )
+
+
+def check_action_space(action_space: Any, act_dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A gymnasium Box of ``act_dim`` dimensions with finite bounds, low < high: its ``(low, high)`` ``[act]`` float32."""
+    from gymnasium import spaces
+
+    if not isinstance(action_space, spaces.Box):
+        raise DataError(
+            f"{name}: action space {action_space} is not continuous (Box); qtkit's policies and critics "
+            "need bounded continuous actions."
+        )
+    if int(np.prod(action_space.shape)) != act_dim:
+        raise DataError(
+            f"{name}: the action space {action_space} has {int(np.prod(action_space.shape))} dimensions but "
+            f"the actions have {act_dim} columns."
+        )
+    low = np.asarray(action_space.low, dtype=np.float32).reshape(-1)
+    high = np.asarray(action_space.high, dtype=np.float32).reshape(-1)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()) or (low >= high).any():
+        raise DataError(
+            f"{name}: the action space {action_space} must have finite bounds with low < high; pass "
+            "action_low=..., action_high=... to qtkit.data.load_dataset (or action_space=Box(...))."
+        )
+    return low, high
