@@ -228,6 +228,23 @@ def test_gaussian_options() -> None:
     assert make_sampler("gaussian", target=5.0).targets == [5.0]
 
 
+def test_gaussian_always_offers_the_policys_own_action() -> None:
+    """Row 0 is the unperturbed action: with a critic whose score peaks at the policy's action and wide noise
+    (every other candidate clipped to a corner), argmax must choose row 0, exactly the policy's action."""
+    policy, _ = make_parts("gaussian")
+    sampler = make_sampler("gaussian", std=100.0, candidates=9, selection="argmax")
+    ctx = make_context(sampler)
+    mean = candidate_actions(policy, ctx)[:, 0]  # [E, act]
+
+    class PeakAtPolicyAction(nn.Module):
+        def score(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:  # [E, N, obs], [E, N, act]
+            return -((actions - mean.unsqueeze(1)) ** 2).sum(-1)  # [E, N]
+
+    actions, rows = select(sampler, policy, PeakAtPolicyAction(), ctx, seed=3)
+    assert (rows == 0).all()
+    torch.testing.assert_close(actions, mean, rtol=0, atol=0)
+
+
 def test_ar_greedy_options() -> None:
     policy, critic = make_parts("ar-greedy")
     greedy = make_sampler("ar-greedy")
