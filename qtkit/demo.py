@@ -86,8 +86,8 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, dataset: s
     """
     import os
 
-    from qtkit.checkpoint import atomic_write_text
     from qtkit.data import load_dataset, make_dataset
+    from qtkit.fileio import atomic_write_text
     from qtkit.report import learning_curves_png, markdown_table
 
     out = Path(out)

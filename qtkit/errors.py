@@ -61,6 +61,10 @@ class TrainingError(QtkitError, RuntimeError):
     """Training cannot go on (a non-finite loss, a bad checkpoint...)."""
 
 
+class OutputPathError(QtkitError, OSError):
+    """A file or folder qtkit must write cannot be written (a file in the way, permissions, read-only, disk full)."""
+
+
 class CheckpointError(QtkitError):
     """A checkpoint folder that is missing, incomplete or of another preset."""
 

@@ -53,26 +53,19 @@ def learning_curves_png(evaluations: dict[str, list[dict[str, Any]]], metrics: d
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Write a matplotlib figure as PNG atomically (a hidden temp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from qtkit.fileio import atomic_write_bytes
+
+    try:
+        return atomic_write_bytes(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- sweep reports
@@ -464,7 +457,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: 
     import time
 
     import qtkit
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
 
     runs_dir = Path(runs_dir)
     out = Path(out_dir) if out_dir is not None else runs_dir

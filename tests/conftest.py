@@ -141,3 +141,28 @@ def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> Traj
 
 def eval_env() -> gym.Env:
     return gym.make("Pendulum-v1", max_episode_steps=10)
+
+
+# ----------------------------------------------------------------------------- the real CLI in a subprocess
+def run_qtkit(*args: str, cwd: Any = None, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
+    """Run ``python -m qtkit ARGS`` in a subprocess (the real CLI, its own process) and return the
+    ``subprocess.CompletedProcess`` (text ``stdout``/``stderr``). ``env`` entries are added to this environment;
+    one torch thread and no Minari downloads by default."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qtkit", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(result: Any, *names: str, code: int = 2) -> str:
+    """The CLI failed the way a user should see it: exit ``code``, no traceback, a message containing every one
+    of ``names`` (the thing that is wrong, the fix...). Returns the message's first line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == code, f"exit {result.returncode}, expected {code}:\n{output}"
+    assert "Traceback" not in output, output
+    for name in names:
+        assert name in output, f"{name!r} not in:\n{output}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()] or output.splitlines()
+    return lines[0] if lines else ""

@@ -54,7 +54,7 @@ class MetricsLogger:
     def _flush_csv(self) -> None:
         if self.log_dir is None:
             return
-        from qtkit.checkpoint import atomic_write_text
+        from qtkit.fileio import atomic_write_text
 
         columns: list[str] = []
         for row in self.rows:

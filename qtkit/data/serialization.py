@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from qtkit.data.spaces import space_to_json
 from qtkit.errors import DataError
+from qtkit.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from qtkit.data.dataset import TrajectoryDataset
@@ -53,16 +53,7 @@ def write_npz(dataset: TrajectoryDataset, path: str | os.PathLike[str], compress
         "episode_ids": dataset.episode_ids.tolist(),
     }
     arrays["qtkit_metadata"] = np.asarray(json.dumps(extra, default=str))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, lambda f: (np.savez_compressed if compress else np.savez)(f, **arrays))
     return path
 
 

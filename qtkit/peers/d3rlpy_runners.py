@@ -248,7 +248,7 @@ def _save(directory: Path, setup: _Setup, state: dict[str, Any]) -> None:
     """Checkpoint folder (d3rlpy ``save_model`` + resume state), swapped in atomically."""
     import torch
 
-    from qtkit.checkpoint import atomic_directory
+    from qtkit.fileio import atomic_directory
 
     with atomic_directory(directory) as tmp:
         setup.algo.save_model(str(tmp / "model.d3"))

@@ -154,7 +154,7 @@ def run_sweep(
     ``num_cpus`` = this machine's cores) or ``"serial"`` (in this process, for debugging).
     Returns ``{"trials": n, "done", "skipped", "failed", "results": [...], "report": path or None}``.
     """
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
 
     if executor not in ("ray", "serial"):
         from qtkit.errors import ConfigError

@@ -40,7 +40,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Write ``status.json`` atomically; returns what was written."""
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
 
     status = {"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
     atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2, default=str))
@@ -60,8 +60,8 @@ def _has_checkpoint(run_dir: Path, peer: bool) -> bool:
 
 def _fit_preset(trial: Trial, data: Any, run_dir: Path, resume: Path | None) -> dict[str, Any]:
     import qtkit
-    from qtkit.checkpoint import atomic_write_text
     from qtkit.config import dump_yaml
+    from qtkit.fileio import atomic_write_text
 
     method = trial.method
     agent = qtkit.build(method.preset, dataset=data, seed=trial.seed, **trial.overrides)
@@ -75,7 +75,7 @@ def _fit_preset(trial: Trial, data: Any, run_dir: Path, resume: Path | None) -> 
 def _fit_peer(trial: Trial, data: Any, run_dir: Path, resume: Path | None) -> dict[str, Any]:
     import yaml
 
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
     from qtkit.peers import fit_peer, resolve_peer_params
 
     params = resolve_peer_params(str(trial.method.peer), trial.overrides)
@@ -116,7 +116,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     import yaml
 
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
 
     atomic_write_text(run_dir / "trial.yaml", yaml.safe_dump(trial.to_dict(), sort_keys=False))
     from qtkit.report import hardware_summary

@@ -108,7 +108,7 @@ def train(
     last good checkpoint. Returns :func:`summarize`'s dict.
     """
     from qtkit.agents.logger import MetricsLogger
-    from qtkit.checkpoint import atomic_write_text
+    from qtkit.fileio import atomic_write_text
 
     stop, every = schedule.stop, schedule.log_every
     logger = MetricsLogger(log_dir, total=schedule.steps, start=learner.step, progress=progress)
