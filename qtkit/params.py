@@ -63,6 +63,25 @@ class _Finite:
 
 Finite = _Finite()
 
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """Marker: a string from a set of names; ``choices`` is a tuple or a zero-argument callable returning the
+    names (computed on first use, e.g. timm's optimiser list)."""
+
+    choices: Any
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Matches:
+    """Marker: a string matching the regular expression ``pattern`` in full (``example`` is shown in errors)."""
+
+    pattern: str
+    example: str
+
 PositiveInt = Annotated[int, Ge(1)]
 NonNegativeInt = Annotated[int, Ge(0)]
 PositiveFloat = Annotated[float, Gt(0)]
@@ -72,6 +91,23 @@ UnitInterval = Annotated[float, Interval(ge=0, le=1)]
 DropoutRate = Annotated[float, Interval(ge=0, lt=1)]
 
 _BOUND_TYPES = (at.Ge, at.Gt, at.Le, at.Lt, at.Interval, _Finite)
+_NAME_TYPES = (OneOf, Matches)
+
+
+def _name_problem(value: str, marker: Any) -> str | None:
+    import re
+
+    if isinstance(marker, OneOf):
+        names = marker.names()
+        if value not in names:
+            from qtkit.errors import did_you_mean
+
+            shown = ", ".join(names) if len(names) <= 12 else ", ".join(names[:12]) + f", ... ({len(names)} in all)"
+            hint = did_you_mean(value, names).strip()
+            return f"must be one of {shown}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
+    elif isinstance(marker, Matches) and re.fullmatch(marker.pattern, value) is None:
+        return f"must match the pattern {marker.pattern} (e.g. {marker.example!r})"
+    return None
 
 
 def _bounds(metadata: Sequence[Any]) -> list[Any]:
@@ -138,6 +174,11 @@ def range_problem(value: Any, annotation: Any) -> str | None:
             for bound in _bounds(metadata):
                 if not _satisfies(value, bound):
                     return f"must be {_bound_text(bound)}"
+        if isinstance(value, str):
+            for marker in (m for m in metadata if isinstance(m, _NAME_TYPES)):
+                problem = _name_problem(value, marker)
+                if problem is not None:
+                    return problem
         return range_problem(value, inner)
     if origin in (typing.Union, types.UnionType):
         for member in typing.get_args(annotation):
@@ -166,6 +207,12 @@ def describe(annotation: Any) -> str:
         bounds = _bounds(metadata)
         texts = [_bound_text(b) for b in bounds if not isinstance(b, _Finite)]
         finite = ["finite"] if any(isinstance(b, _Finite) for b in bounds) else []
+        for marker in (m for m in metadata if isinstance(m, _NAME_TYPES)):
+            if isinstance(marker, Matches):
+                texts.append(f"matching {marker.pattern}")
+            else:
+                names = marker.names()
+                texts.append(f"in {{{', '.join(names)}}}" if len(names) <= 8 else f"(one of {len(names)} names)")
         return " ".join([*finite, describe(inner), *texts])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(describe(a) for a in args)

@@ -27,7 +27,7 @@ import qtkit
 from qtkit.build import instantiate
 from qtkit.config import _hints, resolve_slot, resolve_train
 from qtkit.errors import ParameterRangeError
-from qtkit.params import Ge, PositiveInt, check_params, range_problem, undeclared_numbers
+from qtkit.params import Ge, Matches, OneOf, PositiveInt, check_params, range_problem, undeclared_numbers
 from qtkit.registry import KINDS, get_component, register, unregister
 from tests.conftest import CONTEXT, SMALL_BACKBONE
 
@@ -68,6 +68,12 @@ def _edges(annotation: Any) -> list[tuple[Any, Any]]:
                     pairs.append((b.lt, b.lt - step))
                 elif repr(b) == "Finite":
                     pairs += [(math.nan, 0.0), (math.inf, 1.0e9)]
+                elif isinstance(b, OneOf):
+                    pairs.append(("not-a-" + b.names()[0], b.names()[0]))
+                elif isinstance(b, Matches):
+                    pairs.append(("not a match", b.example))
+        if inner is str:
+            return pairs
         if not is_int:
             pairs = [(float(a), float(b)) for a, b in pairs]
         return pairs
@@ -186,6 +192,15 @@ def test_the_issue_examples() -> None:
         with pytest.raises(ParameterRangeError):
             qtkit.build("qt-gpt-nstep", obs_dim=3, act_dim=2, **overrides)
     qtkit.build("qt-gpt-nstep", obs_dim=3, act_dim=2, gamma=1.0, ema_decay=0.0)
+
+
+def test_names_are_checked_against_their_declared_choices() -> None:
+    """optimizer, scheduler, device and activations are names from a declared set, checked like ranges."""
+    for overrides in ({"optimizer": "adamx"}, {"scheduler": "cosinus"}, {"device": "gpu"},
+                      {"backbone": {"activation": "relux"}}, {"critic": {"activation": "mush"}}):
+        with pytest.raises(ParameterRangeError, match="must (be one of|match the pattern)"):
+            qtkit.build("qt-gpt-nstep", obs_dim=3, act_dim=2, **overrides)
+    qtkit.build("qt-gpt-nstep", obs_dim=3, act_dim=2, optimizer="adam", scheduler="constant", device="cuda:1")
 
 
 def test_range_problem_reads_unions_and_lists() -> None:

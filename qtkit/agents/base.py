@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from qtkit.config import dump_yaml
 from qtkit.cpu import apply_cpu_tuning
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
-from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_dataclass
+from qtkit.params import Interval, Matches, NonNegativeFloat, NonNegativeInt, OneOf, PositiveFloat, PositiveInt, check_dataclass
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -77,6 +77,18 @@ def lr_schedule_update(scheduler: Scheduler | None, step: int, every: int = 1) -
         scheduler.step_update(num_updates=(step // every) * every)
 
 
+#: ``train.scheduler`` names: qtkit's ``none`` and ``constant``, and timm's ``create_scheduler_v2`` schedules that
+#: step per update (``plateau`` needs a metric and is not offered).
+SCHEDULERS: tuple[str, ...] = ("none", "constant", "cosine", "tanh", "step", "multistep", "poly")
+
+
+def timm_optimizer_names() -> tuple[str, ...]:
+    """The optimiser names timm's ``create_optimizer_v2`` accepts (``train.optimizer``)."""
+    from timm.optim import list_optimizers
+
+    return tuple(list_optimizers())
+
+
 @dataclass
 class TrainConfig:
     """Training parameters every agent family has (a family's ``TrainConfig`` extends this and may
@@ -89,9 +101,11 @@ class TrainConfig:
     rtg_scale: PositiveFloat = 1000.0  # return-to-go is divided by this before a sequence policy sees it
     lr: PositiveFloat = 3.0e-4
     weight_decay: NonNegativeFloat = 1.0e-4
-    optimizer: str = "adamw"  # any timm create_optimizer_v2 name ("adam": L2 weight decay, the QT reference)
+    # any timm create_optimizer_v2 name ("adam": L2 weight decay, the QT reference)
+    optimizer: Annotated[str, OneOf(timm_optimizer_names)] = "adamw"
     decay_all_parameters: bool = False  # False: biases and norm weights get no weight decay; True: all (reference Adam)
-    scheduler: str = "cosine"  # "constant" (warm-up, then lr), any timm create_scheduler_v2 name, or "none"
+    # "constant" (warm-up, then lr), a timm create_scheduler_v2 schedule ("cosine"...), or "none"
+    scheduler: Annotated[str, OneOf(SCHEDULERS)] = "cosine"
     warmup_steps: NonNegativeInt = 0
     lr_schedule_steps: PositiveInt | None = None  # steps the LR schedule spans (None: the run's steps)
     lr_update_every: PositiveInt = 1  # steps between LR updates (the QT reference: 1000, once per iteration)
@@ -101,7 +115,8 @@ class TrainConfig:
     seed: NonNegativeInt = 0
     seeds: list[NonNegativeInt] = field(default_factory=lambda: [0, 1, 2])  # for sweeps
     eval_episodes: PositiveInt = 10
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
+    # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
+    device: Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?|mps", "cuda:0")] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
     tf32: bool = True  # allow TF32 matmuls on CUDA
     compile: bool = False  # torch.compile the training forward passes

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from qtkit.backbones.base import Backbone, Dropout, attention_mask, check_heads, dropout, zero_padding
 from qtkit.errors import ConfigError, ShapeMismatchError
-from qtkit.params import DropoutRate, NonNegativeInt, PositiveFloat, PositiveInt
+from qtkit.params import DropoutRate, NonNegativeInt, OneOf, PositiveFloat, PositiveInt
 from qtkit.registry import register
 
 #: MLP activations.
@@ -196,7 +197,7 @@ class GPT2Backbone(Backbone):
         heads: PositiveInt = 4,
         mlp_ratio: PositiveFloat = 4.0,
         mlp_dim: PositiveInt | None = None,
-        activation: str = "relu",
+        activation: Annotated[str, OneOf(tuple(ACTIVATIONS))] = "relu",
         dropout: DropoutRate = 0.1,
         causal: bool = True,
         max_len: NonNegativeInt = 0,
@@ -204,8 +205,6 @@ class GPT2Backbone(Backbone):
         super().__init__()
         where = "backbone 'gpt2'"
         check_heads(width, heads, where)
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
         hidden = int(mlp_dim) if mlp_dim else round(mlp_ratio * width)
         if hidden < 1:
             raise ConfigError(f"{where}: the MLP width must be positive, got mlp_dim={mlp_dim}, mlp_ratio={mlp_ratio}.")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
 from qtkit.critics.base import Critic, soft_update
 from qtkit.errors import ConfigError
-from qtkit.params import PositiveInt
+from qtkit.params import OneOf, PositiveInt
 from qtkit.registry import register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -46,14 +46,10 @@ class TwinMLPCritic(Critic):
         ensemble: PositiveInt = 2,
         hidden: PositiveInt | list[PositiveInt] = [256, 256, 256],  # noqa: B006  (read-only default, shown in configs)
         depth: PositiveInt = 3,
-        activation: str = "mish",
+        activation: Annotated[str, OneOf(tuple(ACTIVATIONS))] = "mish",
         layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"critic 'twin-mlp': unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
-            )
         sizes = [hidden] * depth if isinstance(hidden, int) else list(hidden)
         if not sizes:
             raise ConfigError(f"critic 'twin-mlp': hidden needs at least one layer size, got {hidden!r}.")
