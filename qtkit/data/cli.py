@@ -74,8 +74,8 @@ def make_cmd(
     from qtkit.errors import QtkitError
 
     try:
-        options = _parse_options(opt)
         maker = get_maker(name)
+        options = maker.check_options(_parse_options(opt))
         if maker.extra:
             typer.secho(f"{name}: trains SAC online first (~15 min per 100k SAC steps on 2 cores).", err=True)
         made_id = make_dataset(name, steps=steps, seed=seed, noise=noise, dataset_id=dataset_id,

@@ -85,6 +85,64 @@ class Maker:
         params = inspect.signature(self.build).parameters
         return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in _COMMON]
 
+    def option_types(self) -> dict[str, Any]:
+        """Option name -> its type annotation (from the maker function's signature)."""
+        import typing
+
+        func = self.build.func if isinstance(self.build, partial) else self.build
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # pragma: no cover - unresolvable annotations: no type checks
+            return {}
+        return {name: hints[name] for name in self.options() if name in hints}
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` checked against :meth:`options` (unknown names) and :meth:`option_types` (wrong types,
+        e.g. ``episode_length='abc'``); returns them with gentle coercions (an int where a float is expected)."""
+        from qtkit.config import coerce
+        from qtkit.params import describe
+
+        known = self.options()
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"Maker {self.name!r} has no option {key!r}.{did_you_mean(key, known)} "
+                    f"Its options: {', '.join(known) or '(none)'}; common: steps, seed, noise, dataset_id, overwrite."
+                )
+        types = self.option_types()
+        out = {}
+        for key, value in options.items():
+            if key not in types:
+                out[key] = value
+                continue
+            ok, coerced = coerce(value, types[key])
+            if not ok:
+                expected = describe(types[key])
+                if expected.endswith(" | None"):
+                    expected = expected[: -len(" | None")] + " (or null for the maker's default)"
+                default = inspect.signature(self.build).parameters[key].default
+                example = default if isinstance(default, int | float) and not isinstance(default, bool) else None
+                raise ConfigError(
+                    f"Maker option {key}={value!r} for {self.name!r}: expected {expected}, got "
+                    f"{type(value).__name__}. Fix: e.g. --opt {key}={example or _example(types[key])}."
+                )
+            out[key] = coerced
+        return out
+
+
+def _example(annotation: Any) -> str:
+    """A CLI example value for an option of type ``annotation``."""
+    text = str(annotation)
+    if "list" in text:
+        return "[64,64]"
+    if "bool" in text:
+        return "false"
+    if "float" in text:
+        return "0.5"
+    if "int" in text:
+        return "500"
+    return "VALUE"
+
 
 def _registry() -> dict[str, Maker]:
     makers: list[Maker] = []
@@ -201,13 +259,7 @@ def make_dataset(
             raise ConfigError(f"noise={noise!r} for maker {name!r}: expected a finite number >= 0 "
                               f"(std of the Gaussian action noise; default {maker.default_noise}).")
         noise = float(noise)
-    options = maker.options()
-    for key in kwargs:
-        if key not in options:
-            raise ConfigError(
-                f"Maker {name!r} has no option {key!r}.{did_you_mean(key, options)} "
-                f"Its options: {', '.join(options) or '(none)'}; common: steps, seed, noise, dataset_id, overwrite."
-            )
+    kwargs = maker.check_options(kwargs)
     if maker.extra == "makers":
         sac.require_sb3()
     dataset_id = default_dataset_id(name) if dataset_id is None else normalize_dataset_id(dataset_id)
