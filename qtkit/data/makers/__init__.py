@@ -48,16 +48,21 @@ from qtkit.data.makers.writer import (
     check_writable,
     dataset_exists,
     default_dataset_id,
+    minari_root_path,
     normalize_dataset_id,
+    terminate_as_interrupt,
     write_minari_dataset,
 )
-from qtkit.errors import ConfigError, DataError, UnknownNameError, did_you_mean
+from qtkit.errors import ConfigError, DataError, OutputPathError, QtkitError, UnknownNameError, did_you_mean
+from qtkit.fileio import check_output_dir, describe_os_error
 
 __all__ = [
     "NAMESPACE",
+    "BelowTargetError",
     "DatasetExistsError",
     "Maker",
     "MissingExtraError",
+    "below_target",
     "default_dataset_id",
     "get_maker",
     "list_makers",
@@ -65,6 +70,7 @@ __all__ = [
 ]
 
 MissingExtraError = sac.MissingExtraError
+BelowTargetError = sac.BelowTargetError
 _COMMON = {"steps", "seed", "noise", "progress"}
 
 
@@ -268,9 +274,22 @@ def make_dataset(
                           "pass only one of them (CLI: --overwrite or --exist-ok).")
     if exist_ok and dataset_exists(dataset_id):
         return dataset_id
+    root = check_output_dir(minari_root_path(), "Minari datasets folder (--out / $MINARI_DATASETS_PATH)")
     check_writable(dataset_id, overwrite)  # fail before spending minutes collecting
 
-    made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+    with terminate_as_interrupt():
+        made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+        try:
+            _write(name, made, dataset_id, steps, seed, noise, kwargs, overwrite)
+        except QtkitError:
+            raise
+        except OSError as exc:  # a full disk, permissions changed meanwhile...
+            raise OutputPathError(describe_os_error(exc, root, f"dataset {dataset_id!r}")) from exc
+    return dataset_id
+
+
+def _write(name: str, made: Made, dataset_id: str, steps: int, seed: int, noise: float | None,
+           kwargs: dict[str, Any], overwrite: bool) -> None:
     if not made.ref_min_score < made.ref_max_score:
         raise DataError(
             f"Maker {name!r}: ref_min_score {made.ref_min_score:.3f} (random) is not below ref_max_score "
@@ -292,4 +311,20 @@ def make_dataset(
         description=made.description, algorithm_name=made.algorithm_name, requirements=made.requirements,
         overwrite=overwrite,
     )
-    return dataset_id
+
+
+def below_target(metadata: dict[str, Any]) -> str | None:
+    """For a made dataset's metadata: why it is below its maker's target level (a SAC run that missed the
+    medium level, kept with ``allow_below_target``), or None."""
+    maker = metadata.get("qtkit_maker")
+    if isinstance(maker, str):
+        import json
+
+        try:
+            maker = json.loads(maker)
+        except ValueError:
+            return None
+    info = (maker or {}).get("sac") if isinstance(maker, dict) else None
+    if not isinstance(info, dict) or info.get("reached_target", True):
+        return None
+    return sac.below_target_text(info)
