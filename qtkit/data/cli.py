@@ -172,15 +172,33 @@ def list_cmd(
 @app.command("inspect")
 def inspect_cmd(
     dataset: str = typer.Argument(..., help="a local Minari id (qtkit/pointmaze-umaze-sparse-v0, 'minari:' "
-                                  "optional) or a maker name (its default id)"),
+                                  "optional), a maker name (its default id) or a D4RL-style .hdf5/.npz file"),
 ) -> None:
-    """What `qtkit data list` knows about one local dataset: size, spaces, reference scores, how it was made."""
+    """What `qtkit data list` knows about one local dataset: size, spaces, reference scores, how it was made.
+    A .hdf5/.npz file is loaded and checked (bad values are an error naming the key and row, exit 2)."""
     import json
+    from pathlib import Path
 
     from qtkit.data.makers import below_target, default_dataset_id, list_makers
     from qtkit.data.makers.writer import dataset_exists, list_local_datasets, minari_root_path
-    from qtkit.errors import DataError, did_you_mean
+    from qtkit.errors import DataError, QtkitError, did_you_mean
 
+    if Path(dataset).suffix.lower() in (".npz", ".hdf5", ".h5", ".he5") or Path(dataset).is_file():
+        from qtkit.data import load_dataset
+
+        try:
+            data = load_dataset(dataset)
+        except QtkitError as exc:
+            _fail(exc)
+        typer.secho(dataset, bold=True)
+        typer.echo(f"{data.num_episodes:,d} episodes, {data.num_steps:,d} steps, obs_dim {data.obs_dim}, "
+                   f"act_dim {data.act_dim}, {int(data.terminations.sum())} terminations, "
+                   f"{int(data.truncations.sum())} truncations")
+        if data.ref_min_score is not None and data.ref_max_score is not None:
+            typer.echo(f"ref {data.ref_min_score:.2f} / {data.ref_max_score:.2f}")
+        if data.env_id:
+            typer.echo(f"env_id: {data.env_id}")
+        return
     dataset_id = dataset[len("minari:"):] if dataset.startswith("minari:") else dataset
     if dataset_id in list_makers():
         dataset_id = default_dataset_id(dataset_id)

@@ -236,7 +236,7 @@ def _from_flat(
             raise DataError(
                 f"{path}: {key!r} must be booleans or 0/1, but row {row} holds {value!r}. A value like 0.5 is "
                 f"neither true nor false (qtkit does not guess which {'termination' if key == 'terminals' else 'time-out'}"
-                "s are real). Fix: write {key!r} as booleans (e.g. np.asarray(x) > 0.5 if that is what "
+                f"s are real). Fix: write {key!r} as booleans (e.g. np.asarray(x) > 0.5 if that is what "
                 "the values mean)."
             )
     nxt = None
