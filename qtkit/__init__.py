@@ -25,6 +25,25 @@ from qtkit.registry import get_component, list_components, register, register_ki
 
 __version__ = "0.1.0"
 
+#: Submodules reachable as attributes after ``import qtkit`` (``qtkit.data.load_dataset``, ``qtkit.samplers.Sampler``),
+#: each imported on first access: ``import qtkit`` itself stays light (no torch, gymnasium, minari, ray...).
+SUBMODULES = (
+    "agents", "backbones", "backups", "checkpoint", "components", "config", "cpu", "critics", "data",
+    "demo", "errors", "fileio", "params", "peers", "policies", "registry", "report", "samplers", "sweep", "training",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"qtkit.{name}")  # the import system sets qtkit.<name>
+    raise AttributeError(f"module 'qtkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *SUBMODULES})
+
 __all__ = [
     "CheckpointError",
     "ConfigError",

@@ -234,19 +234,28 @@ def sweep_cmd(
 
 @app.command("report")
 def report_cmd(
-    runs_dir: str = typer.Argument(..., help="a sweep's out folder (any tree of run folders)"),
-    out: str = typer.Option(None, "--out", help="where to write report.md/.json and PNGs (default: RUNS_DIR)"),
+    runs_dir: str = typer.Argument(..., help="a sweep's out folder (any tree of run folders with summary.json)"),
+    out: str = typer.Option(None, "--out", "-o", help="where to write report.md/.json and PNGs (default: RUNS_DIR)"),
 ) -> None:
-    """Markdown + JSON report and learning-curve PNGs: mean ± std over seeds, final and best, ranked per dataset."""
+    """Markdown + JSON report and learning-curve PNGs: mean ± std over seeds, final and best, ranked per dataset.
+
+    A folder without run folders (none with summary.json or status.json) is an error (exit 2), as is an --out
+    that is a file, lies under a file or cannot be written; nothing is written then."""
     from pathlib import Path
 
-    from qtkit.report import write_report
+    from qtkit.errors import QtkitError
+    from qtkit.report import write_report_files
 
     if not Path(runs_dir).is_dir():
-        _fail(FileNotFoundError(f"{runs_dir!r} is not a folder of runs."))
-    path = write_report(runs_dir, out)
-    typer.echo(path.read_text(encoding="utf-8"), nl=False)
-    typer.echo(f"\nwrote {path}, {path.with_suffix('.json')} and curves_*.png")
+        what = "a file" if Path(runs_dir).exists() else "missing"
+        _fail(FileNotFoundError(f"{runs_dir!r} is not a folder of runs (it is {what}). Give the out folder of "
+                                "`qtkit sweep` or of `qtkit train` runs."))
+    try:
+        written = write_report_files(runs_dir, out)
+    except QtkitError as exc:
+        _fail(exc)
+    typer.echo(written[0].read_text(encoding="utf-8"), nl=False)
+    typer.echo(f"\nwrote {', '.join(str(p) for p in written)}")
 
 
 def main() -> None:

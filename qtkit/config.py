@@ -166,46 +166,73 @@ def _merge_slot(current: Any, update: Any) -> Any:
 
 
 def load_preset(spec: str) -> dict[str, Any]:
-    """Load a preset by name (built-in) or ``path.yaml:name`` and resolve its ``base:`` chain."""
+    """Load a preset by name (built-in) or ``path.yaml:name`` and resolve its ``base:`` chain.
+
+    ``base: NAME`` is looked up in the file of the preset that names it, then in qtkit's registry.yaml;
+    ``base: FILE.yaml:NAME`` in another file, a relative FILE resolving against the folder of the file that
+    names it (the current folder for a built-in preset). Cycles, across files too, are an
+    :class:`InheritanceCycleError`.
+    """
     path, name = _split_spec(spec)
-    local = read_preset_file(path) if path is not None else {}
-    builtins = builtin_presets()
     if path is not None and not name:
+        local = read_preset_file(path)
         raise ConfigError(
             f"{spec!r} names a file but no preset. Use '{path}:PRESET'; the file defines: "
             f"{', '.join(sorted(local)) or '(nothing)'}."
         )
+    builtins = builtin_presets()
 
-    def lookup(preset_name: str, origin: str, requested_by: str | None) -> tuple[dict[str, Any], str]:
-        if origin == "local" and preset_name in local:
-            return local[preset_name], "local"
+    def label(file: Path | None, preset_name: str) -> str:
+        return preset_name if file is None else f"{file}:{preset_name}"
+
+    def lookup(file: Path | None, preset_name: str, requested_by: str | None) -> tuple[dict[str, Any], Path | None]:
+        """The body of ``preset_name`` and the file it comes from (None: registry.yaml)."""
+        if file is not None:
+            local = read_preset_file(file)
+            if preset_name in local:
+                return local[preset_name], file
+        else:
+            local = {}
         if preset_name in builtins:
-            return builtins[preset_name], "builtin"
+            return builtins[preset_name], None
         known = sorted(set(builtins) | set(local))
         by = f" (the base of preset {requested_by!r})" if requested_by else ""
-        where = f" in {str(path)!r} or" if path is not None else ""
+        where = f" in {str(file)!r} or" if file is not None else ""
         raise UnknownNameError(
             f"Unknown preset {preset_name!r}{by}: not found{where} in qtkit's registry.yaml."
             + did_you_mean(preset_name, known)
             + " List them with `qtkit list presets`."
         )
 
-    chain: list[str] = []
-    body, origin = lookup(name, "local" if path is not None else "builtin", None)
+    body, origin = lookup(path, name, None)
     bodies = [body]
-    chain.append(name)
+    chain = [(origin.resolve() if origin is not None else None, name)]
+    labels = [label(origin, name)]
     while bodies[-1].get("base"):
         base = bodies[-1]["base"]
         if not isinstance(base, str):
-            raise ConfigError(f"Preset {chain[-1]!r}: 'base' must be a preset name, got {base!r}.")
-        if base in chain:
+            raise ConfigError(f"Preset {labels[-1]!r}: 'base' must be a preset name or FILE.yaml:NAME, got {base!r}.")
+        base_file, base_name = _split_spec(base)
+        if base_file is not None:
+            if not base_name:
+                raise ConfigError(f"Preset {labels[-1]!r}: 'base: {base}' names a file but no preset; "
+                                  f"write 'base: {base}:PRESET'.")
+            if not base_file.expanduser().is_absolute():
+                base_file = (origin.parent if origin is not None else Path.cwd()) / base_file.expanduser()
+            body, origin = lookup(base_file.expanduser(), base_name, labels[-1])
+        else:
+            body, origin = lookup(origin, base_name, labels[-1])
+        key = (origin.resolve() if origin is not None else None, base_name)
+        if key in chain:
+            keys = [*chain, key]
+            one_file = len({file for file, _ in keys}) == 1
+            names = [n for _, n in keys] if one_file else [*labels, label(origin, base_name)]
             raise InheritanceCycleError(
-                "Preset inheritance cycle: " + " -> ".join([*chain, base])
-                + ". Remove one of these 'base:' entries."
+                "Preset inheritance cycle: " + " -> ".join(names) + ". Remove one of these 'base:' entries."
             )
-        body, origin = lookup(base, origin, chain[-1])
         bodies.append(body)
-        chain.append(base)
+        chain.append(key)
+        labels.append(label(origin, base_name))
     resolved: dict[str, Any] = {}
     for body in reversed(bodies):
         resolved = deep_merge(resolved, {k: v for k, v in body.items() if k != "base"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qtkit.errors import DataError
+
 
 def _score(entry: dict[str, Any] | None) -> str:
     if not entry:
@@ -450,18 +452,46 @@ def diagnostics_png(runs: list[dict[str, Any]], dataset: str, path: str | Path) 
     return save_figure(fig, path)
 
 
+class NoRunsError(DataError):
+    """A folder to report on that holds no run folders (none with summary.json or status.json)."""
+
+
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: str | None = None) -> Path:
     """Read every run under ``runs_dir`` and write ``report.md``, ``report.json`` and ``curves_<dataset>.png``
-    (atomically) to ``out_dir`` (default ``runs_dir``); returns the path of ``report.md``."""
-    import json
-    import time
+    (atomically) to ``out_dir`` (default ``runs_dir``); returns the path of ``report.md``.
 
-    import qtkit
-    from qtkit.fileio import atomic_write_text
+    :class:`NoRunsError` when ``runs_dir`` holds no run folder; :class:`qtkit.errors.OutputPathError` (before
+    anything is written) when ``out_dir`` is a file, lies under one or cannot be written."""
+    return write_report_files(runs_dir, out_dir, name)[0]
+
+
+def write_report_files(runs_dir: str | Path, out_dir: str | Path | None = None,
+                       name: str | None = None) -> list[Path]:
+    """:func:`write_report`, returning every file it wrote (``report.md`` first)."""
+
+    from qtkit.fileio import atomic_write_text, check_output_dir, output_errors
 
     runs_dir = Path(runs_dir)
     out = Path(out_dir) if out_dir is not None else runs_dir
     runs = collect_runs(runs_dir)
+    if not runs:
+        raise NoRunsError(
+            f"no run folders with summary.json (or status.json) were found under {str(runs_dir)!r}, so there is "
+            "nothing to report and nothing was written. Fix: give the out folder of `qtkit sweep` or a folder of "
+            "`qtkit train --out` runs."
+        )
+    check_output_dir(out, "report folder")
+    with output_errors(out, "the report"):
+        return _write_report(runs_dir, out, runs, name, atomic_write_text)
+
+
+def _write_report(runs_dir: Path, out: Path, runs: list[dict[str, Any]], name: str | None,
+                  atomic_write_text: Any) -> list[Path]:
+    import json
+    import time
+
+    import qtkit
+
     table = aggregate_runs(runs)
     trials = [r["trial"] for r in runs if r["trial"]]
     hardware = sorted({r["status"]["hardware"] for r in runs if r["status"].get("hardware")}) or [hardware_summary()]
@@ -489,14 +519,17 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, name: 
                    "unfinished": sum(r["state"] in ("pending", "running") for r in runs)},
     }
     diagnostics = diagnostics_table(runs)
+    pngs: list[Path] = []
     for dataset in table:
-        sweep_curves_png(runs, dataset, out / f"curves_{dataset}.png")
+        pngs.append(sweep_curves_png(runs, dataset, out / f"curves_{dataset}.png"))
         if dataset in diagnostics:
-            diagnostics_png(runs, dataset, out / f"diagnostics_{dataset}.png")
+            png = diagnostics_png(runs, dataset, out / f"diagnostics_{dataset}.png")
+            if png is not None:
+                pngs.append(png)
     failures = [{"run": r["path"], "error": r["status"].get("error")} for r in runs if r["state"] == "failed"]
     atomic_write_text(out / "report.json", json.dumps({"meta": meta, "datasets": table, "diagnostics": diagnostics,
                                                        "overall": overall_summary(table), "failures": failures},
                                                       indent=2, default=float))
     path = out / "report.md"
     atomic_write_text(path, sweep_markdown(table, meta, diagnostics))
-    return path
+    return [path, out / "report.json", *pngs]

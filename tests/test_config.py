@@ -219,3 +219,23 @@ def test_import_is_light() -> None:
     torch_s, qtkit_s, heavy = float(out[0]), float(out[1]), " ".join(out[2:])
     assert heavy == "[]", f"import qtkit pulled in heavy modules: {heavy}"
     assert qtkit_s < 1.0, f"import qtkit took {qtkit_s:.2f}s on top of torch ({torch_s:.2f}s)"
+
+
+def test_base_across_files_relative_to_the_naming_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "common.yaml").write_text("wide:\n  base: qt-gpt-nstep\n  train: {eta: 3.0}\n")
+    (tmp_path / "mine.yaml").write_text("child:\n  base: shared/common.yaml:wide\n  backup: {type: n-step, n: 2}\n")
+    monkeypatch.chdir(shared)  # a relative FILE resolves against the naming file's folder, not the cwd
+    preset = load_preset(f"{tmp_path / 'mine.yaml'}:child")
+    assert preset["train"]["eta"] == 3.0 and preset["backup"]["n"] == 2
+    assert preset["critic"] == load_preset("qt-gpt-nstep")["critic"]  # the built-in base of the other file
+    assert preset["name"] == "child"
+    # a cycle across two files is still found
+    (tmp_path / "a.yaml").write_text("x:\n  base: b.yaml:y\n")
+    (tmp_path / "b.yaml").write_text("y:\n  base: a.yaml:x\n")
+    with pytest.raises(InheritanceCycleError, match=r"a\.yaml:x -> .*b\.yaml:y -> .*a\.yaml:x"):
+        load_preset(f"{tmp_path / 'a.yaml'}:x")
+    (tmp_path / "c.yaml").write_text("z:\n  base: nowhere.yaml:z\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_preset(f"{tmp_path / 'c.yaml'}:z")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset
-from qtkit.data.validation import first_nonfinite
+from qtkit.data.validation import as_numeric, first_bad_flag, first_nonfinite
 from qtkit.errors import DataError, did_you_mean
 
 __all__ = ["D4RL_KEYS", "load_dataset", "make_env_for"]
@@ -187,6 +187,12 @@ def _load_npz(path: Path, gamma: float | None) -> TrajectoryDataset:
     return _from_flat(arrays, present, extras, path, "npz", gamma, saved)
 
 
+def _numeric(path: Path, key: str, value: Any) -> np.ndarray:
+    """The file's array ``key`` as real numbers, or a :class:`DataError` naming the file, key, row and value."""
+    kind = "booleans (or 0/1)" if key in ("terminals", "timeouts") else "a float array"
+    return as_numeric(f"{path}: {key!r}", value, "", fix=f"Fix: write {key!r} as {kind}.")
+
+
 def _rows(value: Any) -> np.ndarray:
     """``[n, ...]`` -> ``[n, prod(...)]`` (``[n]`` -> ``[n, 1]``)."""
     arr = np.asarray(value)
@@ -212,19 +218,30 @@ def _from_flat(
             f"needs {', '.join(D4RL_KEYS)} (next_observations optional); a file without time-outs can add "
             "timeouts = zeros_like(terminals)."
         )
-    obs = _rows(arrays["observations"])
-    act = _rows(arrays["actions"])
+    numeric = {key: _numeric(path, key, arrays[key]) for key in (*D4RL_KEYS, "next_observations") if key in arrays}
+    obs = _rows(numeric["observations"])
+    act = _rows(numeric["actions"])
     flat = {"observations": obs, "actions": act}
     for key in ("rewards", "terminals", "timeouts"):
-        arr = np.asarray(arrays[key])
+        arr = numeric[key]
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 1:
             raise DataError(f"{path}: {key!r} must have one value per row, got shape {arr.shape}.")
         flat[key] = arr
+    for key in ("terminals", "timeouts"):
+        bad = first_bad_flag(flat[key])
+        if bad is not None:
+            row, value = bad
+            raise DataError(
+                f"{path}: {key!r} must be booleans or 0/1, but row {row} holds {value!r}. A value like 0.5 is "
+                f"neither true nor false (qtkit does not guess which {'termination' if key == 'terminals' else 'time-out'}"
+                f"s are real). Fix: write {key!r} as booleans (e.g. np.asarray(x) > 0.5 if that is what "
+                "the values mean)."
+            )
     nxt = None
-    if "next_observations" in arrays:
-        nxt = _rows(arrays["next_observations"])
+    if "next_observations" in numeric:
+        nxt = _rows(numeric["next_observations"])
         flat["next_observations"] = nxt
     n = len(obs)
     sizes = {k: len(v) for k, v in flat.items()}

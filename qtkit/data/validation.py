@@ -22,6 +22,7 @@ __all__ = [
     "as_1d",
     "as_2d",
     "as_flags",
+    "as_numeric",
     "check_action_space",
     "check_episode",
     "check_episode_ids",
@@ -31,19 +32,72 @@ __all__ = [
     "check_gamma",
     "check_observation_space",
     "check_step_arrays",
+    "describe_row",
     "episode_id_note",
+    "first_bad_flag",
     "first_nonfinite",
+    "first_nonnumeric",
     "get_field",
 ]
 
 
 # ----------------------------------------------------------------------------------- coercion
+def describe_row(arr: np.ndarray, index: int) -> str:
+    """``row R`` (``row R, column C`` for a 2-D array) of flat position ``index`` in ``arr``."""
+    if arr.ndim <= 1:
+        return f"row {index}"
+    row, col = divmod(index, int(np.prod(arr.shape[1:])) or 1)
+    return f"row {row}, column {col}"
+
+
+def first_nonnumeric(arr: np.ndarray) -> tuple[int, Any] | None:
+    """(flat index, value) of the first entry of ``arr`` that is not a real number, or None.
+
+    bool, integer and float arrays are numeric; strings, bytes and complex numbers never are (a string
+    ``"1.5"`` is refused too: numbers stored as text are a broken file); an object array is checked entry by entry.
+    """
+    kind = arr.dtype.kind
+    if kind in "biuf":
+        return None
+    flat = arr.reshape(-1)
+    if kind != "O":
+        return (0, flat[0].item()) if flat.size else None
+    for i, value in enumerate(flat):
+        if isinstance(value, bool | np.bool_):
+            continue
+        if isinstance(value, str | bytes):
+            return i, value
+        try:
+            complex_value = complex(value)
+        except (TypeError, ValueError):
+            return i, value
+        if complex_value.imag != 0:
+            return i, value
+    return None
+
+
+def as_numeric(name: str, value: Any, where: str, fix: str = "") -> np.ndarray:
+    """``value`` as a real-number array (object arrays of numbers become float64); else :class:`DataError`
+    naming ``name``, ``where`` and the first bad row and value."""
+    arr = np.asarray(value)
+    bad = first_nonnumeric(arr)
+    if bad is not None:
+        index, item = bad
+        raise DataError(
+            f"{name}{where} are not numbers: dtype {arr.dtype}, {describe_row(arr, index)} holds {item!r}. "
+            + (fix or f"Fix: store {name} as a float array (e.g. np.asarray(x, dtype=np.float32)) before loading.")
+        )
+    if arr.dtype.kind == "O":
+        arr = arr.astype(np.float64)
+    return arr
+
+
 def as_2d(name: str, value: Any, where: str) -> np.ndarray:
     """``value`` as ``[rows, columns]``: ``[n]`` -> ``[n, 1]``, ``[n, d1, d2, ...]`` -> ``[n, d1*d2*...]``.
 
-    ``name`` and ``where`` (e.g. ``" of episode 3"``) make the message for a scalar.
+    ``name`` and ``where`` (e.g. ``" of episode 3"``) make the message for a scalar or a non-numeric array.
     """
-    arr = np.asarray(value)
+    arr = as_numeric(name, value, where)
     if arr.ndim == 0:
         raise DataError(f"{name}{where} is a scalar; it must be an array with one row per step.")
     if arr.ndim == 1:
@@ -52,8 +106,8 @@ def as_2d(name: str, value: Any, where: str) -> np.ndarray:
 
 
 def as_1d(name: str, value: Any, where: str) -> np.ndarray:
-    """``value`` as one value per step ``[n]`` (``[n, 1]`` is accepted); any other shape is an error."""
-    arr = np.asarray(value)
+    """``value`` as one number per step ``[n]`` (``[n, 1]`` is accepted); any other shape is an error."""
+    arr = as_numeric(name, value, where)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
@@ -61,10 +115,36 @@ def as_1d(name: str, value: Any, where: str) -> np.ndarray:
     return arr
 
 
+def first_bad_flag(arr: np.ndarray) -> tuple[int, Any] | None:
+    """(index, value) of the first entry of a numeric flag array that is neither 0 nor 1 (NaN included), or None."""
+    if arr.dtype == np.bool_:
+        return None
+    bad = ~((arr == 0) | (arr == 1))
+    if not bad.any():
+        return None
+    index = int(np.flatnonzero(bad.reshape(-1))[0])
+    return index, arr.reshape(-1)[index].item()
+
+
+def flag_error(name: str, where: str, index: int, value: Any) -> DataError:
+    """The :class:`DataError` for a flag that is neither 0/1 nor a bool."""
+    return DataError(
+        f"{name}{where} must be booleans or 0/1, but row {index} holds {value!r}. A value like 0.5 is neither "
+        f"true nor false (qtkit does not guess: before, every non-zero became a flag). Fix: store {name} as booleans "
+        f"(e.g. np.asarray(x) > 0.5 if that is what the values mean)."
+    )
+
+
 def as_flags(name: str, value: Any, where: str) -> np.ndarray:
-    """``value`` as ``[n]`` bool flags (non-zero is True), shapes as :func:`as_1d`."""
+    """``value`` as ``[n]`` bool flags, shapes as :func:`as_1d`: bools, or numbers that are exactly 0 or 1
+    (anything else, e.g. 0.5 or 2, is a :class:`DataError` naming the row)."""
     arr = as_1d(name, value, where)
-    return arr if arr.dtype == np.bool_ else arr != 0
+    if arr.dtype == np.bool_:
+        return arr
+    bad = first_bad_flag(arr)
+    if bad is not None:
+        raise flag_error(name, where, *bad)
+    return arr != 0
 
 
 def get_field(ep: Any, names: tuple[str, ...], index: int, required: bool = True) -> Any:

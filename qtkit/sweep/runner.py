@@ -154,7 +154,7 @@ def run_sweep(
     ``num_cpus`` = this machine's cores) or ``"serial"`` (in this process, for debugging).
     Returns ``{"trials": n, "done", "skipped", "failed", "results": [...], "report": path or None}``.
     """
-    from qtkit.fileio import atomic_write_text
+    from qtkit.fileio import atomic_write_text, check_output_dir, output_errors
 
     if executor not in ("ray", "serial"):
         from qtkit.errors import ConfigError
@@ -163,14 +163,16 @@ def run_sweep(
     if executor == "ray":
         require_ray()  # fail before making datasets
     trials = expand_trials(spec)
-    spec.out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(spec.out, "sweep folder")  # a file in the way, read-only...: one clear error before any work
     import yaml
 
-    atomic_write_text(spec.out / "sweep.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
+    with output_errors(spec.out, "the sweep"):
+        atomic_write_text(spec.out / "sweep.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
     make_datasets(spec, progress=progress)
-    for trial in trials:
-        if not is_done(trial.run_dir) and not (Path(trial.run_dir) / "status.json").exists():
-            write_status(trial.run_dir, state="pending", attempts=0)
+    with output_errors(spec.out, "the sweep"):
+        for trial in trials:
+            if not is_done(trial.run_dir) and not (Path(trial.run_dir) / "status.json").exists():
+                write_status(trial.run_dir, state="pending", attempts=0)
     bar = _Progress(trials, progress)
     started = time.perf_counter()
     try:

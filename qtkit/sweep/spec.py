@@ -218,6 +218,10 @@ def _check_dataset(index: int, entry: Any, problems: list[str], local_ids: list[
                     problems.append(f"{where}.make.options: maker {name!r} has no option {key!r}."
                                     f"{did_you_mean(str(key), maker.options())} Its options: "
                                     f"{', '.join(maker.options()) or '(none)'}.")
+            try:  # the types (episode_length: abc)
+                maker.check_options({k: v for k, v in options.items() if k in maker.options()})
+            except ConfigError as exc:
+                problems.append(f"{where}.make.options: {exc}")
         if maker.extra:
             import importlib.util
 

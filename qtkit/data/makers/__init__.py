@@ -48,16 +48,21 @@ from qtkit.data.makers.writer import (
     check_writable,
     dataset_exists,
     default_dataset_id,
+    minari_root_path,
     normalize_dataset_id,
+    terminate_as_interrupt,
     write_minari_dataset,
 )
-from qtkit.errors import ConfigError, DataError, UnknownNameError, did_you_mean
+from qtkit.errors import ConfigError, DataError, OutputPathError, QtkitError, UnknownNameError, did_you_mean
+from qtkit.fileio import check_output_dir, describe_os_error
 
 __all__ = [
     "NAMESPACE",
+    "BelowTargetError",
     "DatasetExistsError",
     "Maker",
     "MissingExtraError",
+    "below_target",
     "default_dataset_id",
     "get_maker",
     "list_makers",
@@ -65,6 +70,7 @@ __all__ = [
 ]
 
 MissingExtraError = sac.MissingExtraError
+BelowTargetError = sac.BelowTargetError
 _COMMON = {"steps", "seed", "noise", "progress"}
 
 
@@ -84,6 +90,64 @@ class Maker:
         """The maker-specific keyword options (beyond steps, seed, noise, progress)."""
         params = inspect.signature(self.build).parameters
         return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in _COMMON]
+
+    def option_types(self) -> dict[str, Any]:
+        """Option name -> its type annotation (from the maker function's signature)."""
+        import typing
+
+        func = self.build.func if isinstance(self.build, partial) else self.build
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # pragma: no cover - unresolvable annotations: no type checks
+            return {}
+        return {name: hints[name] for name in self.options() if name in hints}
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` checked against :meth:`options` (unknown names) and :meth:`option_types` (wrong types,
+        e.g. ``episode_length='abc'``); returns them with gentle coercions (an int where a float is expected)."""
+        from qtkit.config import coerce
+        from qtkit.params import describe
+
+        known = self.options()
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"Maker {self.name!r} has no option {key!r}.{did_you_mean(key, known)} "
+                    f"Its options: {', '.join(known) or '(none)'}; common: steps, seed, noise, dataset_id, overwrite."
+                )
+        types = self.option_types()
+        out = {}
+        for key, value in options.items():
+            if key not in types:
+                out[key] = value
+                continue
+            ok, coerced = coerce(value, types[key])
+            if not ok:
+                expected = describe(types[key])
+                if expected.endswith(" | None"):
+                    expected = expected[: -len(" | None")] + " (or null for the maker's default)"
+                default = inspect.signature(self.build).parameters[key].default
+                example = default if isinstance(default, int | float) and not isinstance(default, bool) else None
+                raise ConfigError(
+                    f"Maker option {key}={value!r} for {self.name!r}: expected {expected}, got "
+                    f"{type(value).__name__}. Fix: e.g. --opt {key}={example or _example(types[key])}."
+                )
+            out[key] = coerced
+        return out
+
+
+def _example(annotation: Any) -> str:
+    """A CLI example value for an option of type ``annotation``."""
+    text = str(annotation)
+    if "list" in text:
+        return "[64,64]"
+    if "bool" in text:
+        return "false"
+    if "float" in text:
+        return "0.5"
+    if "int" in text:
+        return "500"
+    return "VALUE"
 
 
 def _registry() -> dict[str, Maker]:
@@ -201,13 +265,7 @@ def make_dataset(
             raise ConfigError(f"noise={noise!r} for maker {name!r}: expected a finite number >= 0 "
                               f"(std of the Gaussian action noise; default {maker.default_noise}).")
         noise = float(noise)
-    options = maker.options()
-    for key in kwargs:
-        if key not in options:
-            raise ConfigError(
-                f"Maker {name!r} has no option {key!r}.{did_you_mean(key, options)} "
-                f"Its options: {', '.join(options) or '(none)'}; common: steps, seed, noise, dataset_id, overwrite."
-            )
+    kwargs = maker.check_options(kwargs)
     if maker.extra == "makers":
         sac.require_sb3()
     dataset_id = default_dataset_id(name) if dataset_id is None else normalize_dataset_id(dataset_id)
@@ -216,9 +274,22 @@ def make_dataset(
                           "pass only one of them (CLI: --overwrite or --exist-ok).")
     if exist_ok and dataset_exists(dataset_id):
         return dataset_id
+    root = check_output_dir(minari_root_path(), "Minari datasets folder (--out / $MINARI_DATASETS_PATH)")
     check_writable(dataset_id, overwrite)  # fail before spending minutes collecting
 
-    made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+    with terminate_as_interrupt():
+        made = maker.build(steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+        try:
+            _write(name, made, dataset_id, steps, seed, noise, kwargs, overwrite)
+        except QtkitError:
+            raise
+        except OSError as exc:  # a full disk, permissions changed meanwhile...
+            raise OutputPathError(describe_os_error(exc, root, f"dataset {dataset_id!r}")) from exc
+    return dataset_id
+
+
+def _write(name: str, made: Made, dataset_id: str, steps: int, seed: int, noise: float | None,
+           kwargs: dict[str, Any], overwrite: bool) -> None:
     if not made.ref_min_score < made.ref_max_score:
         raise DataError(
             f"Maker {name!r}: ref_min_score {made.ref_min_score:.3f} (random) is not below ref_max_score "
@@ -240,4 +311,20 @@ def make_dataset(
         description=made.description, algorithm_name=made.algorithm_name, requirements=made.requirements,
         overwrite=overwrite,
     )
-    return dataset_id
+
+
+def below_target(metadata: dict[str, Any]) -> str | None:
+    """For a made dataset's metadata: why it is below its maker's target level (a SAC run that missed the
+    medium level, kept with ``allow_below_target``), or None."""
+    maker = metadata.get("qtkit_maker")
+    if isinstance(maker, str):
+        import json
+
+        try:
+            maker = json.loads(maker)
+        except ValueError:
+            return None
+    info = (maker or {}).get("sac") if isinstance(maker, dict) else None
+    if not isinstance(info, dict) or info.get("reached_target", True):
+        return None
+    return sac.below_target_text(info)

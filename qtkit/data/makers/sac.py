@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from qtkit.data.makers.common import (
     record_steps,
 )
 from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, reference_scores
-from qtkit.errors import ConfigError, QtkitError
+from qtkit.errors import ConfigError, DataError, QtkitError
 
 DEFAULT_TRAIN_STEPS = 300_000
 DEFAULT_MEDIUM_STEPS = 100_000
@@ -90,6 +90,37 @@ def _options(train_steps: int, **kwargs: Any) -> dict[str, Any]:
     return opts
 
 
+class BelowTargetError(DataError):
+    """The SAC run stopped (its step budget ran out) before reaching the medium level."""
+
+
+def below_target_text(info: dict[str, Any]) -> str:
+    """One sentence on how far a SAC run (its ``info``) stayed below its target return."""
+    recent = info.get("final_mean_training_return")
+    recent_s = "no finished training episode" if recent is None or recent != recent else f"{float(recent):.1f}"
+    opts = info.get("options") or {}
+    return (
+        f"the SAC run did not reach the medium level: the mean of its last {opts.get('stop_window', '?')} training "
+        f"returns was {recent_s}, below the target {float(info.get('target_return', float('nan'))):.1f} "
+        f"({float(opts.get('target_fraction', 1 / 3)):.3g} of the way from D4RL's random to expert return), "
+        f"after {info.get('sac_steps', '?')} SAC steps (budget {opts.get('train_steps', '?')})"
+    )
+
+
+def check_target(task: str, what: str, run: _Run, allow_below_target: bool) -> None:
+    """Refuse a run that missed the medium level unless ``allow_below_target``."""
+    if run.info.get("reached_target") or allow_below_target:
+        return
+    budget = "--steps" if what == "medium-replay" else "--opt train_steps=N"
+    raise BelowTargetError(
+        f"{task}-{what}: {below_target_text(run.info)}; a dataset made from it would be weaker than D4RL's "
+        f"'{task}-{what}', so nothing was written. Fix: raise the SAC budget ({budget}; the medium level takes "
+        f"50k-200k steps), or keep this run's data anyway with --allow-below-target (API: "
+        f"allow_below_target=True): the finished run is cached, so that does not train again; the dataset then "
+        f"records reached_target: false and `qtkit data list` marks it BELOW TARGET."
+    )
+
+
 class _Run:
     """A finished SAC run: its policy and every transition it collected."""
 
@@ -107,8 +138,12 @@ def _cache_dir(task: str, seed: int, opts: dict[str, Any]) -> Path:
 
 
 def _save_run(path: Path, run: _Run) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    try:
+    """Write the run to ``path`` atomically: a staging folder ``.tmp-<pid>-XXXX`` next to it (stale ones of dead
+    processes removed first), renamed into place; the files get the umask's usual modes."""
+    from qtkit.data.makers.writer import OWNER_FILE, staging_dir
+    from qtkit.fileio import umask_mode
+
+    with staging_dir(path.parent, ".tmp-") as tmp:
         run.model.save(tmp / "model.zip")
         eps = run.episodes
         np.savez(
@@ -121,10 +156,12 @@ def _save_run(path: Path, run: _Run) -> None:
             lengths=np.array([len(e.rewards) for e in eps]),
         )
         (tmp / "info.json").write_text(json.dumps(run.info, indent=1))
+        (tmp / OWNER_FILE).unlink()
+        for child in tmp.iterdir():
+            os.chmod(child, umask_mode())
+        os.chmod(tmp, umask_mode(directory=True))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_run(path: Path) -> _Run | None:
@@ -260,13 +297,17 @@ def make_medium_replay(
     task: str, *, steps: int, seed: int, progress: bool, noise: None = None, cache: bool = True,
     ref_episodes: int | None = None, target_fraction: float | None = None, stop_window: int | None = None,
     net_arch: list[int] | None = None, learning_starts: int | None = None, batch_size: int | None = None,
-    learning_rate: float | None = None, threads: int | None = None,
+    learning_rate: float | None = None, threads: int | None = None, allow_below_target: bool = False,
 ) -> Made:
-    """Every transition of a SAC run with a budget of ``steps`` env steps, stopped at the medium level."""
+    """Every transition of a SAC run with a budget of ``steps`` env steps, stopped at the medium level.
+
+    A run whose budget ran out before the medium level is a :class:`BelowTargetError` unless
+    ``allow_below_target`` (the dataset then records ``reached_target: false``)."""
     run = train_sac(task, seed=seed, progress=progress, cache=cache, train_steps=steps,
                     target_fraction=target_fraction, stop_window=stop_window, net_arch=net_arch,
                     learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate,
                     threads=threads)
+    check_target(task, "medium-replay", run, allow_below_target)
     return _made(task, "medium-replay (every transition of the SAC run, terminations/truncations from the env)",
                  run, run.episodes, seed=seed, ref_episodes=ref_episodes)
 
@@ -276,12 +317,16 @@ def make_medium(
     cache: bool = True, ref_episodes: int | None = None, target_fraction: float | None = None,
     stop_window: int | None = None, net_arch: list[int] | None = None, learning_starts: int | None = None,
     batch_size: int | None = None, learning_rate: float | None = None, threads: int | None = None,
+    allow_below_target: bool = False,
 ) -> Made:
-    """``steps`` steps of the final stochastic policy of a SAC run (budget ``train_steps``) stopped at medium."""
+    """``steps`` steps of the final stochastic policy of a SAC run (budget ``train_steps``) stopped at medium.
+
+    A run that missed the medium level is refused as in :func:`make_medium_replay` (before the rollouts)."""
     run = train_sac(task, seed=seed, progress=progress, cache=cache, train_steps=train_steps,
                     target_fraction=target_fraction, stop_window=stop_window, net_arch=net_arch,
                     learning_starts=learning_starts, batch_size=batch_size, learning_rate=learning_rate,
                     threads=threads)
+    check_target(task, "medium", run, allow_below_target)
     episodes = rollout_policy(run.model, task, steps=steps, seed=seed, progress=progress,
                               threads=run.info["options"]["threads"])
     return _made(task, f"medium ({steps} steps of the final stochastic SAC policy)", run, episodes,

@@ -22,11 +22,108 @@ from pathlib import Path
 from typing import Any
 
 from qtkit.errors import ConfigError, DataError
+from qtkit.fileio import umask_mode
 
 #: Namespace of every dataset qtkit makes: ids are ``qtkit/<maker>-v0``.
 NAMESPACE = "qtkit"
 _VERSION_RE = re.compile(r"-v\d+$")
 _TMP_PREFIX = ".qtkit-make-"
+#: A staging folder older than this is stale whatever its owner (a crashed make on another host, a reused pid).
+STALE_AFTER_S = 24 * 3600
+OWNER_FILE = ".qtkit-owner"
+
+
+# ----------------------------------------------------------------------------- staging folders, no litter
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def is_stale(folder: Path, now: float | None = None) -> bool:
+    """Whether staging folder ``folder`` (``<prefix><pid>-XXXX`` with an owner file) was left by a dead make:
+    its owner process (on this host) is gone, or it is older than :data:`STALE_AFTER_S`. A folder without the
+    pid in its name (older qtkit) is stale after an hour."""
+    import socket
+    import time
+
+    now = time.time() if now is None else now
+    try:
+        age = now - folder.stat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    match = re.match(r"^\.[a-z-]+?-(\d+)-", folder.name)
+    if match is None:
+        return age > 3600
+    pid = int(match.group(1))
+    try:
+        host = (folder / OWNER_FILE).read_text(encoding="utf-8").split()[0]
+    except (OSError, IndexError):
+        host = socket.gethostname()  # written first thing; missing only when the make died at once
+    if host != socket.gethostname():
+        return False  # another machine's make (shared filesystem): only its age tells
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def remove_stale(parent: Path, prefix: str) -> list[Path]:
+    """Remove the stale staging folders ``parent/<prefix>*`` (see :func:`is_stale`); returns them."""
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:
+        return removed
+    for folder in candidates:
+        if is_stale(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill PID``) raises KeyboardInterrupt, so ``finally`` clauses remove staging
+    folders on the way down (only in the main thread, and only over the default handler). ``kill -9`` cannot be
+    caught: its leftovers are removed by the next make (:func:`remove_stale`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"terminated (signal {signum})")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh hidden folder ``parent/<prefix><pid>-XXXX`` (stale ones from dead makes removed first), removed
+    when the block ends, however it ends (error, Ctrl-C, SIGTERM via :func:`terminate_as_interrupt`)."""
+    import socket
+
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    try:
+        (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n", encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class DatasetExistsError(DataError, FileExistsError):
@@ -57,6 +154,12 @@ def normalize_dataset_id(dataset_id: str) -> str:
     return raw
 
 
+def minari_root_path() -> Path:
+    """Where Minari keeps local datasets (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``), not created."""
+    env = os.environ.get("MINARI_DATASETS_PATH")  # as minari reads it (an empty value is the current folder)
+    return Path(env) if env is not None else Path.home() / ".minari" / "datasets"
+
+
 def datasets_root() -> Path:
     """``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``), created if missing."""
     from minari.storage import get_dataset_path
@@ -65,8 +168,8 @@ def datasets_root() -> Path:
 
 
 def dataset_dir(dataset_id: str) -> Path:
-    """The folder of a local Minari dataset."""
-    return datasets_root() / dataset_id
+    """The folder of a local Minari dataset (the datasets folder is not created)."""
+    return minari_root_path() / dataset_id
 
 
 def dataset_exists(dataset_id: str) -> bool:
@@ -130,9 +233,8 @@ def write_minari_dataset(
     check_writable(dataset_id, overwrite)
     root = datasets_root()
     final = root / dataset_id
-    tmp_root = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
     old_aside: Path | None = None
-    try:
+    with staging_dir(root, _TMP_PREFIX) as tmp_root:
         with _minari_root(tmp_root), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(author_email|code_permalink).*", category=UserWarning)
             dataset = minari.create_dataset_from_buffers(
@@ -151,6 +253,7 @@ def write_minari_dataset(
         _ensure_namespace(dataset_id)
         check_writable(dataset_id, overwrite)  # someone may have written it meanwhile
         final.parent.mkdir(parents=True, exist_ok=True)
+        _umask_modes(tmp_root / dataset_id)
         if final.exists():
             old_aside = tmp_root / "replaced"
             os.replace(final, old_aside)
@@ -160,9 +263,18 @@ def write_minari_dataset(
             if old_aside is not None and not final.exists():
                 os.replace(old_aside, final)
             raise
-        return final
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give ``folder`` and everything under it the umask's usual modes (what ``open``/``mkdir`` give)."""
+    dir_mode, file_mode = umask_mode(directory=True), umask_mode()
+    os.chmod(folder, dir_mode)
+    for base, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), dir_mode)
+        for f in files:
+            os.chmod(os.path.join(base, f), file_mode)
 
 
 def list_local_datasets() -> dict[str, dict[str, Any]]:
