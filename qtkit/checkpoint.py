@@ -91,10 +91,15 @@ def _check_folder(directory: Path) -> None:
             raise CheckpointError(f"{str(directory)!r} is a file, not a checkpoint folder. Pass the --out folder of "
                                   "`qtkit train` or a folder written by agent.save().")
         raise CheckpointError(
-            f"Checkpoint folder {str(directory)!r} does not exist. Pass the folder given to agent.save() "
+            f"Checkpoint folder {str(directory)!r} does not exist. Fix: pass the folder given to agent.save() "
             "or the --out of `qtkit train`."
         )
     missing = [name for name in FILES if not (directory / name).is_file()]
+    if len(missing) == len(FILES):
+        raise CheckpointError(
+            f"{str(directory)!r} holds no checkpoint ({', '.join(FILES)}); a run stopped before its first checkpoint "
+            "has none. Fix: pass the --out of a `qtkit train` run that saved one, or train (again) there."
+        )
     if missing:
         raise CheckpointError(
             f"Checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)}. Use a complete checkpoint "
@@ -123,10 +128,8 @@ def read_checkpoint_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """Read ``(config, weights, state)`` from a checkpoint folder, with errors naming what is missing or damaged."""
-    from safetensors.torch import load_file
-
+def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Only ``config.yaml`` of a checkpoint (the agent's resolved config), with errors naming the file."""
     directory = _locate(Path(directory))
     _check_folder(directory)
     try:
@@ -135,6 +138,15 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], 
         raise _damaged(directory / CONFIG_FILE, exc) from None
     if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
         raise _damaged(directory / CONFIG_FILE, ValueError("not a qtkit agent config: no 'train' section"))
+    return config
+
+
+def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``(config, weights, state)`` from a checkpoint folder, with errors naming what is missing or damaged."""
+    from safetensors.torch import load_file
+
+    directory = _locate(Path(directory))
+    config = read_checkpoint_config(directory)
     try:
         weights = load_file(str(directory / WEIGHTS_FILE))
     except Exception as exc:  # safetensors' SafetensorError on a truncated or garbled file

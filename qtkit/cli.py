@@ -235,7 +235,7 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
     Returns ``(agent, dataset, fit kwargs)``, or None when a resumed run is already finished (reported here)."""
     import qtkit
     from qtkit.agents.evaluation import check_eval_env
-    from qtkit.checkpoint import read_checkpoint_state, recover_checkpoint
+    from qtkit.checkpoint import read_checkpoint_config, read_checkpoint_state, recover_checkpoint
     from qtkit.data import load_dataset
     from qtkit.errors import ConfigError, DataError, ParameterRangeError
     from qtkit.fileio import check_output_dir
@@ -250,7 +250,7 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
                           "--overwrite deletes it. Give one of them.")
     _check_out_path(run_dir)
     found = _run_files(run_dir)
-    state = None
+    state, notice = None, None
     if resume:
         checkpoint = run_dir / "checkpoint"
         if not (run_dir.is_dir() and recover_checkpoint(checkpoint)):
@@ -280,30 +280,34 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
             _print_summary(run_dir)
             return None
         if step >= total:
-            typer.echo(f"the run in {run_dir} finished training at step {step} but has no final evaluation: "
-                       "evaluating it.")
+            notice = (f"the run in {run_dir} finished training at step {step} but has no final evaluation: "
+                      "evaluating it.")
         elif total != saved_total:
-            typer.echo(f"resuming {run_dir} at step {step} and changing its length from {saved_total} to {total} "
-                       f"steps: the LR schedule spans {total} steps from here on.")
+            notice = (f"resuming {run_dir} at step {step} and changing its length from {saved_total} to {total} "
+                      f"steps: the LR schedule spans {total} steps from here on.")
         else:
-            typer.echo(f"resuming {run_dir} at step {step} of {total}.")
+            notice = f"resuming {run_dir} at step {step} of {total}."
         args["steps"] = total
     data = load_dataset(args["dataset"])
     agent = qtkit.build(args["preset"], dataset=data, seed=args["seed"], **parse_sets(sets))
     agent.check_fit(data)
+    if state is not None:
+        agent.check_resumable(read_checkpoint_config(run_dir / "checkpoint"), run_dir / "checkpoint")
     total = int(total if total is not None else agent.train_config.steps)
     args["steps"] = total
     if not args["no_eval"]:
         try:
             check_eval_env(data)
-        except DataError as exc:
-            raise DataError(f"{exc} To train without evaluating, add --no-eval (and evaluate later with "
-                            f"`qtkit eval {run_dir} --env ENV-ID`).") from None
+        except (DataError, ConfigError) as exc:
+            raise type(exc)(f"cannot evaluate during training: {exc} Or add --no-eval to train without evaluating "
+                            f"(and evaluate later with `qtkit eval {run_dir} --env ENV-ID`).") from None
     every = args["checkpoint_every"] or default_checkpoint_every(total)
     check_output_dir(run_dir)
     if overwrite and found:
         _clear_run(run_dir)
         typer.echo(f"--overwrite: removed the old run in {run_dir} ({', '.join(found)}).")
+    if notice:
+        typer.echo(notice)
     fit_kwargs = {
         "steps": total, "eval_env": None if args["no_eval"] else data, "eval_every": args["eval_every"],
         "eval_episodes": args["eval_episodes"], "log_dir": run_dir, "checkpoint_every": every,

@@ -279,7 +279,7 @@ class Agent(abc.ABC):
             name = dataset.metadata.get("dataset_id") or dataset.name
             raise ParameterRangeError(
                 f"train.context={context} is longer than the longest episode of dataset {name!r} ({longest} steps): "
-                f"every window would be mostly padding, at {context}/{longest} times the memory and time. Fix: "
+                f"every window would be mostly padding, costing about {context / longest:.0f} times the memory and time. Fix: "
                 f"--set context={min(longest, 20)} (any context <= {longest})."
             )
 
@@ -506,12 +506,8 @@ class Agent(abc.ABC):
         self.env_spec = state.get("env_spec")
         self.dataset_id = state.get("dataset_id")
 
-    def _restore(self, directory: str | Path, dataset: TrajectoryDataset, total: int | None = None) -> None:
-        """Continue the checkpoint in ``directory`` exactly; ``total``: a new length of the run (None: its own)."""
-        from qtkit.checkpoint import read_checkpoint, recover_checkpoint
-
-        recover_checkpoint(directory)
-        config, weights, state = read_checkpoint(directory)
+    def check_resumable(self, config: dict[str, Any], directory: str | Path) -> None:
+        """A checkpoint's ``config`` must equal this agent's; else a CheckpointError lists every difference."""
         diff = config_differences(config, self.config)
         if diff:
             raise CheckpointError(
@@ -519,6 +515,14 @@ class Agent(abc.ABC):
                 f"({len(diff)} difference{'s' if len(diff) > 1 else ''}): " + "; ".join(diff) + ". Resume with the "
                 "same preset, --set overrides and --seed, or start a new run (e.g. --overwrite, or another --out)."
             )
+
+    def _restore(self, directory: str | Path, dataset: TrajectoryDataset, total: int | None = None) -> None:
+        """Continue the checkpoint in ``directory`` exactly; ``total``: a new length of the run (None: its own)."""
+        from qtkit.checkpoint import read_checkpoint, recover_checkpoint
+
+        recover_checkpoint(directory)
+        config, weights, state = read_checkpoint(directory)
+        self.check_resumable(config, directory)
         self.check_dataset(dataset)
         self.load_weights(weights, state)
         self.to(self.resolve_device())

@@ -147,11 +147,11 @@ def _env_name(env: Any, agent: Agent | None) -> str:
 
 
 def _make_error(env: Any, agent: Agent | None, exc: Exception) -> ConfigError:
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
     return ConfigError(
-        f"cannot make the evaluation env {_env_name(env, agent)!r}: {cause}. Fix: pass a registered gymnasium id "
-        "(e.g. --env Pendulum-v1; `python -c 'import gymnasium; gymnasium.pprint_registry()'` lists them), install the "
-        "package that registers it, or train with --no-eval."
+        f"cannot make the evaluation env {_env_name(env, agent)!r}: {cause}. Fix: give a registered gymnasium id "
+        "(e.g. --env Pendulum-v1; `python -c 'import gymnasium; gymnasium.pprint_registry()'` lists them), or install "
+        "the package that registers it."
     )
 
 
