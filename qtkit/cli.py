@@ -250,7 +250,7 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
                           "--overwrite deletes it. Give one of them.")
     _check_out_path(run_dir)
     found = _run_files(run_dir)
-    state, notice = None, None
+    state, notice, finished = None, None, False
     if resume:
         checkpoint = run_dir / "checkpoint"
         if not (run_dir.is_dir() and recover_checkpoint(checkpoint)):
@@ -274,12 +274,11 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
         total = saved_total if total is None else total
         history = state.get("eval_history") or []
         eval_missing = not args["no_eval"] and not (history and history[-1].get("step") == step)
-        if step >= total and not eval_missing:
-            typer.echo(f"the run in {run_dir} is already finished: step {step} of {total}; nothing to train. To train "
-                       f"longer, resume with a larger --steps (e.g. --steps {2 * total}).")
-            _print_summary(run_dir)
-            return None
-        if step >= total:
+        finished = step >= total and not eval_missing
+        if finished:
+            notice = (f"the run in {run_dir} is already finished: step {step} of {total}; nothing to train. To train "
+                      f"longer, resume with a larger --steps (e.g. --steps {2 * total}).")
+        elif step >= total:
             notice = (f"the run in {run_dir} finished training at step {step} but has no final evaluation: "
                       "evaluating it.")
         elif total != saved_total:
@@ -293,6 +292,10 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
     agent.check_fit(data)
     if state is not None:
         agent.check_resumable(read_checkpoint_config(run_dir / "checkpoint"), run_dir / "checkpoint")
+        if finished:
+            typer.echo(notice)
+            _print_summary(run_dir)
+            return None
     total = int(total if total is not None else agent.train_config.steps)
     args["steps"] = total
     if not args["no_eval"]:
