@@ -174,6 +174,8 @@ def train(
                 save()
             signum = interrupts.pending()
             if signum is not None:
+                if step % every:
+                    logger.log(step, metrics)  # the row of the step the run stopped at (its time carries on at resume)
                 if not saved:
                     save()
                 raise interrupts.TrainingInterrupted(signum, step, str(checkpoint) if checkpoint else None)
