@@ -267,8 +267,14 @@ class Agent(abc.ABC):
             torch.backends.cudnn.allow_tf32 = True
         return device
 
-    def check_fit(self, dataset: TrajectoryDataset) -> None:
-        """What :meth:`fit` checks before any work: the shapes, the device, and that the context fits the data."""
+    def check_fit(self, dataset: TrajectoryDataset, strict_context: bool = True) -> None:
+        """What :meth:`fit` checks before any work: the shapes, the device, and that the context fits the data.
+
+        A context longer than the dataset's longest episode makes every window mostly padding (memory and time grow
+        with the context: 5000 on 300-step episodes took 23 GB). ``strict_context`` (``qtkit train``) raises a
+        :class:`~qtkit.errors.ParameterRangeError`; else (``fit``, where a one-step bandit with a context of 2 is a
+        legitimate test) a ``UserWarning`` says the same.
+        """
         self.check_dataset(dataset)
         self.resolve_device()
         longest = int(np.max(dataset.episode_lengths)) if dataset.num_episodes else 0
@@ -277,11 +283,16 @@ class Agent(abc.ABC):
             from qtkit.errors import ParameterRangeError
 
             name = dataset.metadata.get("dataset_id") or dataset.name
-            raise ParameterRangeError(
+            message = (
                 f"train.context={context} is longer than the longest episode of dataset {name!r} ({longest} steps): "
-                f"every window would be mostly padding, costing about {context / longest:.0f} times the memory and time. Fix: "
-                f"--set context={min(longest, 20)} (any context <= {longest})."
+                f"every window would be mostly padding, costing about {context / max(longest, 1):.0f} times the memory and "
+                f"time. Fix: --set context={min(longest, 20)} (any context <= {longest})."
             )
+            if strict_context:
+                raise ParameterRangeError(message)
+            import warnings
+
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     def autocast(self) -> torch.autocast:
         enabled = self.train_config.precision == "bf16"
@@ -369,8 +380,8 @@ class Agent(abc.ABC):
         final evaluation); ``resume`` continues a checkpoint exactly. Resuming, ``steps`` None (or the checkpoint's)
         continues the run as it was; another ``steps`` (not below the checkpoint's step) changes the run's length:
         the LR schedule then spans the new total from the checkpoint's step on.
-        Every argument and the context's fit to the data are checked before any work (ParameterRangeError,
-        ConfigError).
+        Every argument is checked before any work (ParameterRangeError, ConfigError); a context longer than the
+        longest episode is a warning here (an error in ``qtkit train``: :meth:`check_fit`).
         ``until`` stops early at that step (the LR schedule still spans ``steps``), e.g. to train in chunks.
         Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
 
@@ -390,7 +401,7 @@ class Agent(abc.ABC):
 
         check_schedule(steps, eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
                        until=until)
-        self.check_fit(dataset)
+        self.check_fit(dataset, strict_context=False)
         total = int(steps if steps is not None else tc.steps)
         if resume is not None:
             self._restore(resume, dataset, total=steps)
