@@ -299,6 +299,13 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
     total = int(total if total is not None else agent.train_config.steps)
     args["steps"] = total
     if not args["no_eval"]:
+        md = data.metadata
+        if md.get("source") != "minari" and not any(md.get(k) for k in ("eval_env_spec", "env_spec", "env_id")):
+            raise DataError(
+                f"cannot evaluate during training: dataset {data.name} records no environment (no env_spec or env_id "
+                f"in its metadata). Fix: add --no-eval to train without evaluating (and evaluate later with `qtkit eval "
+                f"{run_dir} --env ENV-ID`), or record the env in the dataset."
+            )
         try:
             check_eval_env(data)
         except (DataError, ConfigError) as exc:
