@@ -182,7 +182,20 @@ def load(directory: str | Any, *, device: str | None = None) -> Any:
     if (directory / "checkpoint").is_dir() and not (directory / "config.yaml").is_file():
         directory = directory / "checkpoint"
     config, weights, state = read_checkpoint(directory)
-    agent = build(config)
-    agent.load_weights(weights, state)
-    agent.to(device or agent.resolve_device())
+    try:
+        agent = build(config)
+    except ConfigError as exc:
+        from qtkit.errors import CheckpointError
+
+        raise CheckpointError(f"cannot rebuild the agent of {str(directory / 'config.yaml')!r}: {exc} (Was the file "
+                              "edited? Restore it, or train again.)") from None
+    try:
+        agent.load_weights(weights, state)
+    except (RuntimeError, KeyError) as exc:
+        from qtkit.errors import CheckpointError
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the weights in {str(directory / 'weights.safetensors')!r} do not fit the agent of its "
+                              f"config.yaml ({first}). Restore the checkpoint's files together, or train again.") from None
+    agent.to(device or agent.resolve_device(strict=False))  # a GPU run's checkpoint loads on a CPU-only machine
     return agent

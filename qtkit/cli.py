@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -111,38 +113,226 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
+CHECKPOINT_EVERY_HELP = ("save a checkpoint every N steps (and at the end, before the final evaluation); default: every "
+                         "10 %% of the run, at most 1000 steps apart. Checkpoints are swapped in atomically: a kill "
+                         "keeps the last complete one").replace("%%", "%")
+#: What marks a folder as holding a run of `qtkit train` (refused as --out without --resume or --overwrite).
+RUN_FILES = ("checkpoint", "metrics.csv", "summary.json", "tensorboard")
+
+
+def default_checkpoint_every(steps: int) -> int:
+    """Every 10 % of a run of ``steps`` steps, at most 1000 steps apart (at least every step)."""
+    return max(1, min(1000, -(-steps // 10)))
+
+
+def _run_files(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+
+
+def _check_out_path(out: Path) -> None:
+    """The checks of --out that create nothing: it is a file, or lies under one."""
+    from qtkit.errors import OutputPathError
+
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            cause = "it is a file, not a folder" if parent == out else f"{str(parent)!r} is a file, not a folder"
+            raise OutputPathError(f"cannot use {str(out)!r} as the run folder: {cause}. Fix: choose another --out.")
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove the old run's files (checkpoint, metrics, summary, TensorBoard events), nothing else."""
+    import shutil
+
+    from qtkit.checkpoint import leftovers
+    from qtkit.fileio import output_errors
+
+    with output_errors(out, "the run folder (clearing the old run for --overwrite)"):
+        for path in [*(out / name for name in RUN_FILES), *leftovers(out / "checkpoint")]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+
+
+def _resume_command(args: dict[str, object], sets: list[str]) -> str:
+    """The exact `qtkit train ... --resume` that continues this run."""
+    import shlex
+
+    words = ["qtkit", "train", "--preset", args["preset"], "--dataset", args["dataset"], "--out", args["out"],
+             "--steps", args["steps"], "--seed", args["seed"]]
+    for item in sets:
+        words += ["--set", item]
+    for flag in ("eval_every", "eval_episodes", "checkpoint_every", "threads"):
+        if args.get(flag) is not None:
+            words += ["--" + flag.replace("_", "-"), args[flag]]
+    if args.get("no_eval"):
+        words.append("--no-eval")
+    return shlex.join([*map(str, words), "--resume"])
+
+
 @app.command("train")
 def train_cmd(
     preset: str = typer.Option(..., "--preset", "-p", help="preset name or path.yaml:name"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="minari:ID, a D4RL .hdf5 or an .npz"),
-    steps: int = typer.Option(None, "--steps", help="gradient steps (default: the preset's train.steps)"),
+    steps: int = typer.Option(None, "--steps", help="gradient steps (default: the preset's train.steps; with --resume: "
+                              "the run's, or more to extend it)"),
     seed: int = typer.Option(0, "--seed"),
-    out: str = typer.Option(..., "--out", "-o", help="run folder (metrics, checkpoint, summary)"),
+    out: str = typer.Option(..., "--out", "-o", help="run folder (metrics, checkpoint, summary); a folder holding "
+                            "another run is refused unless --resume or --overwrite"),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. --set eta=2 --set backup=one-step"),
     eval_every: int = typer.Option(None, "--eval-every", help="evaluate every N steps (and at the end)"),
-    eval_episodes: int = typer.Option(10, "--eval-episodes"),
+    eval_episodes: int = typer.Option(None, "--eval-episodes", help="episodes per evaluation (default: the preset's "
+                                      "train.eval_episodes, 10)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip evaluation (e.g. a dataset without an env)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=CHECKPOINT_EVERY_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue the (killed or interrupted) run in --out exactly"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out (its checkpoint, metrics, "
+                                   "summary and TensorBoard events are deleted first)"),
     threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
-    """Train a preset on a dataset; writes metrics.csv, TensorBoard logs, a checkpoint and summary.json."""
+    """Train a preset on a dataset; writes metrics.csv, TensorBoard logs, a checkpoint and summary.json.
+
+    Every option is checked before any work starts. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a
+    checkpoint and prints the command that resumes it (exit 130 / 143); a second Ctrl-C stops at once, keeping the
+    last checkpoint.
+    """
     from pathlib import Path
 
-    import qtkit
-    from qtkit.data import load_dataset
     from qtkit.errors import QtkitError
+    from qtkit.training.interrupts import TrainingInterrupted, exit_code, graceful_interrupts
 
     _set_threads(threads)
+    args = {"preset": preset, "dataset": dataset, "out": out, "steps": steps, "seed": seed, "eval_every": eval_every,
+            "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every, "threads": threads,
+            "no_eval": no_eval}
+    run_dir = Path(out)
     try:
-        data = load_dataset(dataset)
-        agent = qtkit.build(preset, dataset=data, seed=seed, **parse_sets(set_))
-        result = agent.fit(
-            data, steps, eval_env=None if no_eval else data, eval_every=eval_every, eval_episodes=eval_episodes,
-            log_dir=out, resume=Path(out) / "checkpoint" if resume else None,
-        )
+        plan = _plan_training(args, set_, run_dir, resume=resume, overwrite=overwrite)
+        if plan is None:
+            return
+        agent, data, fit_kwargs = plan
+        with graceful_interrupts():
+            try:
+                result = agent.fit(data, **fit_kwargs)
+            except TrainingInterrupted as exc:
+                typer.secho(f"\n{exc}.", fg=typer.colors.YELLOW, err=True)
+                typer.echo(f"resume with:\n  {_resume_command(args, set_)}", err=True)
+                raise typer.Exit(code=exit_code(exc.signum)) from None
+            except KeyboardInterrupt:
+                typer.secho(f"\nstopped at once (a second interrupt); the last checkpoint in {run_dir / 'checkpoint'} "
+                            "is intact.", fg=typer.colors.YELLOW, err=True)
+                typer.echo(f"resume with:\n  {_resume_command(args, set_)}", err=True)
+                raise typer.Exit(code=130) from None
     except QtkitError as exc:
         _fail(exc)
     _print_result(result)
+
+
+def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
+                   overwrite: bool) -> tuple | None:
+    """Everything `qtkit train` checks and sets up before the first step, in order: the options, the run folder's
+    state, the dataset, the agent (config ranges, context, device), the evaluation env, then the folder itself.
+    Returns ``(agent, dataset, fit kwargs)``, or None when a resumed run is already finished (reported here)."""
+    import qtkit
+    from qtkit.agents.evaluation import check_eval_env
+    from qtkit.checkpoint import read_checkpoint_config, read_checkpoint_state, recover_checkpoint
+    from qtkit.data import load_dataset
+    from qtkit.errors import ConfigError, DataError, ParameterRangeError
+    from qtkit.fileio import check_output_dir
+    from qtkit.training.loop import check_schedule
+
+    check_schedule(args["steps"], eval_every=args["eval_every"], eval_episodes=args["eval_episodes"],
+                   checkpoint_every=args["checkpoint_every"],
+                   names={k: "--" + k.replace("_", "-") for k in ("steps", "eval_every", "eval_episodes",
+                                                                   "checkpoint_every")})
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                          "--overwrite deletes it. Give one of them.")
+    _check_out_path(run_dir)
+    found = _run_files(run_dir)
+    state, notice, finished = None, None, False
+    if resume:
+        checkpoint = run_dir / "checkpoint"
+        if not (run_dir.is_dir() and recover_checkpoint(checkpoint)):
+            what = f"it holds {', '.join(found)} but no checkpoint" if found else (
+                "it holds no run" if run_dir.is_dir() else "it does not exist")
+            raise ConfigError(f"--resume: nothing to continue in {str(run_dir)!r}: {what}. Fix: drop --resume to "
+                              "start a new run there.")
+        state = read_checkpoint_state(checkpoint)
+    elif found and not overwrite:
+        raise ConfigError(
+            f"--out {str(run_dir)!r} already holds a run ({', '.join(found)}). Fix: --resume to continue it, "
+            "--overwrite to replace it, or choose another --out."
+        )
+    total = args["steps"]
+    if state is not None:
+        step, saved_total = int(state.get("step", 0)), int(state.get("total_steps") or 0)
+        if total is not None and total < step:
+            raise ParameterRangeError(f"--steps {total} with --resume: the checkpoint in {str(run_dir)!r} is already at "
+                                      f"step {step}. Give --steps >= {step}, or leave it out to finish the run's "
+                                      f"{saved_total} steps.")
+        total = saved_total if total is None else total
+        history = state.get("eval_history") or []
+        eval_missing = not args["no_eval"] and not (history and history[-1].get("step") == step)
+        finished = step >= total and not eval_missing
+        if finished:
+            notice = (f"the run in {run_dir} is already finished: step {step} of {total}; nothing to train. To train "
+                      f"longer, resume with a larger --steps (e.g. --steps {2 * total}).")
+        elif step >= total:
+            notice = (f"the run in {run_dir} finished training at step {step} but has no final evaluation: "
+                      "evaluating it.")
+        elif total != saved_total:
+            notice = (f"resuming {run_dir} at step {step} and changing its length from {saved_total} to {total} "
+                      f"steps: the LR schedule spans {total} steps from here on.")
+        else:
+            notice = f"resuming {run_dir} at step {step} of {total}."
+        args["steps"] = total
+    data = load_dataset(args["dataset"])
+    agent = qtkit.build(args["preset"], dataset=data, seed=args["seed"], **parse_sets(sets))
+    agent.check_fit(data)
+    if state is not None:
+        agent.check_resumable(read_checkpoint_config(run_dir / "checkpoint"), run_dir / "checkpoint")
+        if finished:
+            typer.echo(notice)
+            _print_summary(run_dir)
+            return None
+    total = int(total if total is not None else agent.train_config.steps)
+    args["steps"] = total
+    if not args["no_eval"]:
+        md = data.metadata
+        if md.get("source") != "minari" and not any(md.get(k) for k in ("eval_env_spec", "env_spec", "env_id")):
+            raise DataError(
+                f"cannot evaluate during training: dataset {data.name} records no environment (no env_spec or env_id "
+                f"in its metadata). Fix: add --no-eval to train without evaluating (and evaluate later with `qtkit eval "
+                f"{run_dir} --env ENV-ID`), or record the env in the dataset."
+            )
+        try:
+            check_eval_env(data)
+        except (DataError, ConfigError) as exc:
+            raise type(exc)(f"cannot evaluate during training: {exc} Or add --no-eval to train without evaluating "
+                            f"(and evaluate later with `qtkit eval {run_dir} --env ENV-ID`).") from None
+    every = args["checkpoint_every"] or default_checkpoint_every(total)
+    check_output_dir(run_dir)
+    if overwrite and found:
+        _clear_run(run_dir)
+        typer.echo(f"--overwrite: removed the old run in {run_dir} ({', '.join(found)}).")
+    if notice:
+        typer.echo(notice)
+    fit_kwargs = {
+        "steps": total, "eval_env": None if args["no_eval"] else data, "eval_every": args["eval_every"],
+        "eval_episodes": args["eval_episodes"], "log_dir": run_dir, "checkpoint_every": every,
+        "resume": run_dir / "checkpoint" if resume else None,
+    }
+    return agent, data, fit_kwargs
+
+
+def _print_summary(run_dir: Path) -> None:
+    import json
+
+    path = run_dir / "summary.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            _print_result(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _print_result(result: dict) -> None:
@@ -170,6 +360,11 @@ def eval_cmd(
 
     _set_threads(threads)
     try:
+        for name, value in (("--episodes", episodes), ("--num-envs", num_envs)):
+            if value is not None and value < 1:
+                from qtkit.errors import ParameterRangeError
+
+                raise ParameterRangeError(f"{name} must be an integer >= 1, got {value}.")
         agent = qtkit.load(run)
         result = agent.evaluate(env, episodes=episodes, seed=seed, num_envs=num_envs, progress=True,
                                 normalized=True if normalized else None)
@@ -259,7 +454,21 @@ def report_cmd(
 
 
 def main() -> None:
-    app()
+    """The ``qtkit`` entry point: a qtkit error or a filesystem failure from any command is one ``error: ...``
+    line and exit 2 (genuine bugs keep their tracebacks)."""
+    import sys
+
+    from qtkit.errors import QtkitError
+
+    try:
+        app()
+    except QtkitError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        typer.secho(f"error: {exc.strerror or exc}{where}.", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

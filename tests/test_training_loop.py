@@ -77,7 +77,7 @@ def test_schedule_logs_evaluates_and_checkpoints_when_it_says(tmp_path: Path) ->
     assert [e["step"] for e in learner.eval_history] == [4, 8, 10]  # every eval_every steps and at the end
     assert all(e["episodes"] == 2 and e["seed"] == 7 and "returns" not in e for e in learner.eval_history)
     assert learner.modes == ["eval", "train"] * 3  # back to training after each evaluation
-    assert learner.saved == [5, 10]  # every checkpoint_every steps and at the end
+    assert learner.saved == [5, 10, 10]  # every checkpoint_every steps, at the end before the final evaluation and after it
     assert summary["final"]["step"] == 10 and summary["best"]["step"] == 8  # best normalised score (50)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["best"] == summary["best"] and saved["evaluations"] == summary["evaluations"]

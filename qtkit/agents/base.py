@@ -251,15 +251,63 @@ class Agent(abc.ABC):
         return dataclasses.asdict(self.train_config)
 
     # ------------------------------------------------------------------ set-up
-    def resolve_device(self) -> torch.device:
+    def resolve_device(self, strict: bool = True) -> torch.device:
+        """The device of ``train.device`` ("auto": cuda when present). ``strict``: a CUDA device that this machine
+        does not have raises a :class:`~qtkit.errors.ConfigError` (else: CPU, for loading a checkpoint)."""
         wanted = self.train_config.device
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(wanted)
+        try:
+            device = torch.device(wanted)
+        except RuntimeError as exc:
+            from qtkit.errors import ConfigError
+
+            raise ConfigError(f"train.device={wanted!r} is not a device ({exc}). Use 'auto', 'cpu', 'cuda' or "
+                              "'cuda:N'.") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            present = count > (device.index or 0)
+            if present:
+                pass
+            elif not strict:
+                return torch.device("cpu")
+            else:
+                from qtkit.errors import ConfigError
+
+                have = f"only {count} CUDA device(s)" if count else "no CUDA GPU (torch.cuda.is_available() is False)"
+                raise ConfigError(f"train.device={wanted!r} but this machine has {have}. Fix: --set device=cpu "
+                                  "(or device=auto: the GPU when there is one).")
         if device.type == "cuda" and self.train_config.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         return device
+
+    def check_fit(self, dataset: TrajectoryDataset, strict_context: bool = True) -> None:
+        """What :meth:`fit` checks before any work: the shapes, the device, and that the context fits the data.
+
+        A context longer than the dataset's longest episode makes every window mostly padding (memory and time grow
+        with the context: 5000 on 300-step episodes took 23 GB). ``strict_context`` (``qtkit train``) raises a
+        :class:`~qtkit.errors.ParameterRangeError`; else (``fit``, where a one-step bandit with a context of 2 is a
+        legitimate test) a ``UserWarning`` says the same.
+        """
+        self.check_dataset(dataset)
+        self.resolve_device()
+        longest = int(np.max(dataset.episode_lengths)) if dataset.num_episodes else 0
+        context = self.train_config.context
+        if context > longest:
+            from qtkit.errors import ParameterRangeError
+
+            name = dataset.metadata.get("dataset_id") or dataset.name
+            message = (
+                f"train.context={context} is longer than the longest episode of dataset {name!r} ({longest} steps): "
+                f"every window would be mostly padding, costing about {context / max(longest, 1):.0f} times the memory and "
+                f"time. Fix: --set context={min(longest, 20)} (any context <= {longest})."
+            )
+            if strict_context:
+                raise ParameterRangeError(message)
+            import warnings
+
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     def autocast(self) -> torch.autocast:
         enabled = self.train_config.precision == "bf16"
@@ -343,7 +391,12 @@ class Agent(abc.ABC):
         """Train for ``steps`` gradient steps (default ``train.steps``) on ``dataset``.
 
         Evaluates on ``eval_env`` every ``eval_every`` steps and at the end; writes metrics (CSV,
-        TensorBoard) and a checkpoint to ``log_dir``; ``resume`` continues a checkpoint exactly.
+        TensorBoard) and a checkpoint to ``log_dir`` (every ``checkpoint_every`` steps and at the end, before the
+        final evaluation); ``resume`` continues a checkpoint exactly. Resuming, ``steps`` None (or the checkpoint's)
+        continues the run as it was; another ``steps`` (not below the checkpoint's step) changes the run's length:
+        the LR schedule then spans the new total from the checkpoint's step on.
+        Every argument is checked before any work (ParameterRangeError, ConfigError); a context longer than the
+        longest episode is a warning here (an error in ``qtkit train``: :meth:`check_fit`).
         ``until`` stops early at that step (the LR schedule still spans ``steps``), e.g. to train in chunks.
         Returns ``{"final": eval or None, "best": eval or None, "steps": n, "metrics": rows}``.
 
@@ -359,9 +412,14 @@ class Agent(abc.ABC):
         tc = self.train_config
         if dataset.gamma != tc.gamma:  # Monte-Carlo returns must use the agent's discount
             dataset = dataset.with_gamma(tc.gamma)
+        from qtkit.training.loop import check_schedule
+
+        check_schedule(steps, eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
+                       until=until)
+        self.check_fit(dataset, strict_context=False)
         total = int(steps if steps is not None else tc.steps)
         if resume is not None:
-            self._restore(resume, dataset)
+            self._restore(resume, dataset, total=steps)
             total = self._total_steps or total
         else:
             self.prepare(dataset)
@@ -381,9 +439,9 @@ class Agent(abc.ABC):
             batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
             return batch.to(self.device)
 
+        episodes = tc.eval_episodes if eval_episodes is None else eval_episodes
         schedule = Schedule(steps=total, until=until, log_every=tc.log_every, eval_every=eval_every,
-                            eval_episodes=eval_episodes or tc.eval_episodes, eval_seed=tc.seed + 10_000,
-                            checkpoint_every=checkpoint_every)
+                            eval_episodes=episodes, eval_seed=tc.seed + 10_000, checkpoint_every=checkpoint_every)
         return train(self, next_batch, schedule, eval_env=eval_env, log_dir=log_dir, progress=progress)
 
     # ------------------------------------------------------------------ acting
@@ -474,28 +532,73 @@ class Agent(abc.ABC):
         self.env_spec = state.get("env_spec")
         self.dataset_id = state.get("dataset_id")
 
-    def _restore(self, directory: str | Path, dataset: TrajectoryDataset) -> None:
-        from qtkit.checkpoint import read_checkpoint
-
-        config, weights, state = read_checkpoint(directory)
-        mine = {k: v for k, v in self.config.items() if k not in ("description",)}
-        theirs = {k: v for k, v in config.items() if k not in ("description",)}
-        if mine != theirs:
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    def check_resumable(self, config: dict[str, Any], directory: str | Path) -> None:
+        """A checkpoint's ``config`` must equal this agent's; else a CheckpointError lists every difference."""
+        diff = config_differences(config, self.config)
+        if diff:
             raise CheckpointError(
-                f"cannot resume {self.name!r} from {str(directory)!r}: the checkpoint was made by preset "
-                f"{config.get('name')!r} with a different config (differs in: {', '.join(diff)}). Resume with "
-                f"qtkit.load({str(directory)!r}).fit(...), or start a new run."
+                f"cannot resume {self.name!r} from {str(directory)!r}: the checkpoint was made with another config "
+                f"({len(diff)} difference{'s' if len(diff) > 1 else ''}): " + "; ".join(diff) + ". Resume with the "
+                "same preset, --set overrides and --seed, or start a new run (e.g. --overwrite, or another --out)."
             )
+
+    def _restore(self, directory: str | Path, dataset: TrajectoryDataset, total: int | None = None) -> None:
+        """Continue the checkpoint in ``directory`` exactly; ``total``: a new length of the run (None: its own)."""
+        from qtkit.checkpoint import read_checkpoint, recover_checkpoint
+
+        recover_checkpoint(directory)
+        config, weights, state = read_checkpoint(directory)
+        self.check_resumable(config, directory)
         self.check_dataset(dataset)
         self.load_weights(weights, state)
         self.to(self.resolve_device())
-        self.make_optimizers(int(state["total_steps"]))
+        saved_total = int(state["total_steps"])
+        if total is not None and total < self.step:
+            from qtkit.errors import ParameterRangeError
+
+            raise ParameterRangeError(
+                f"cannot resume {str(directory)!r} with steps={total}: the checkpoint is already at step {self.step}. "
+                f"Give steps >= {self.step} (or leave it out to finish the run's {saved_total} steps)."
+            )
+        new_total = saved_total if total is None else int(total)
+        self.make_optimizers(new_total)
         for name, target in self._optimizer_slots().items():
             saved = state.get(name)
-            if target is not None and saved is not None:
-                target.load_state_dict(saved)
+            if target is None or saved is None:
+                continue
+            if name.endswith("_scheduler") and new_total != saved_total:
+                continue  # the schedule of the new length (timm schedulers are functions of the step)
+            target.load_state_dict(saved)
+        if new_total != saved_total:
+            every = self.train_config.lr_update_every
+            lr_schedule_update(self.policy_scheduler, self.step, every)
+            lr_schedule_update(self.critic_scheduler, self.step, every)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: config}
+    return {prefix[:-1]: config}
+
+
+def config_differences(checkpoint: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Every key (dotted: ``train.batch_size``) where two agent configs differ, with both values:
+    ``"train.batch_size: 8 in the checkpoint, 16 now"`` (``description`` is ignored)."""
+    theirs = _flatten({k: v for k, v in checkpoint.items() if k != "description"})
+    mine = _flatten({k: v for k, v in now.items() if k != "description"})
+    missing = object()
+    out = []
+    for key in sorted(set(theirs) | set(mine)):
+        a, b = theirs.get(key, missing), mine.get(key, missing)
+        if a != b:
+            shown_a = "absent" if a is missing else f"{a!r}"
+            shown_b = "absent" if b is missing else f"{b!r}"
+            out.append(f"{key}: {shown_a} in the checkpoint, {shown_b} now")
+    return out

@@ -131,6 +131,45 @@ def _env_factory(env: Any, agent: Agent | None) -> tuple[Callable[[], Any] | Non
     raise ConfigError(f"cannot evaluate on {env!r}: give a gymnasium id, an env, an env factory or a dataset.")
 
 
+def _env_name(env: Any, agent: Agent | None) -> str:
+    if env is None and agent is not None:
+        env = agent.env_spec
+    if isinstance(env, str) and env.lstrip().startswith("{"):
+        import json
+
+        try:
+            return str(json.loads(env).get("id", env))
+        except (ValueError, AttributeError):
+            return env
+    if hasattr(env, "make_env"):
+        return f"the env of dataset {getattr(env, 'name', env)}"
+    return str(env)
+
+
+def _make_error(env: Any, agent: Agent | None, exc: Exception) -> ConfigError:
+    cause = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    return ConfigError(
+        f"cannot make the evaluation env {_env_name(env, agent)!r}: {cause}. Fix: give a registered gymnasium id "
+        "(e.g. --env Pendulum-v1; `python -c 'import gymnasium; gymnasium.pprint_registry()'` lists them), or install "
+        "the package that registers it."
+    )
+
+
+def check_eval_env(env: Any, agent: Agent | None = None) -> None:
+    """Make (and close) one evaluation env from ``env`` (as :func:`evaluate_agent` takes it), so that a missing
+    env fails before any work: a :class:`~qtkit.errors.ConfigError` / :class:`~qtkit.errors.DataError` names it."""
+    import gymnasium as gym
+
+    factory, _ = _env_factory(env, agent)
+    if factory is None:
+        return
+    try:
+        made = factory()
+    except (gym.error.Error, ImportError, ModuleNotFoundError, AttributeError) as exc:
+        raise _make_error(env, agent, exc) from None
+    made.close()
+
+
 def env_factory(env: Any) -> Callable[[], Any]:
     """A factory of evaluation envs from a gymnasium id, an EnvSpec JSON, a dataset (``make_env``) or a factory."""
     factory, single = _env_factory(env, None)
@@ -211,7 +250,10 @@ def evaluate_agent(agent: Agent, env: Any = None, episodes: int = 10, seed: int 
     if single is not None:
         envs = gym.vector.SyncVectorEnv([lambda: single], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     else:
-        envs = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        try:
+            envs = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        except (gym.error.Error, ImportError, AttributeError) as exc:  # an unknown id, a missing package
+            raise _make_error(env, agent, exc) from None
     space = envs.single_observation_space
     if gym.spaces.flatdim(space) != agent.shapes["obs_dim"]:
         envs.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,18 @@ from tqdm.auto import tqdm
 
 class MetricsLogger:
     """Writes ``metrics.csv`` (one row per logged step, columns grow as metrics appear) and TensorBoard
-    events under ``log_dir``; shows losses, steps/s and the ETA on a progress bar."""
+    events under ``log_dir``; shows losses, steps/s and the ETA on a progress bar.
+
+    Resuming (``start`` > 0 with a ``metrics.csv`` there), the rows past ``start`` are dropped and the
+    ``time_s`` column (wall-clock seconds of training) continues from the last kept row instead of restarting
+    at 0; ``steps_per_s`` is this session's rate."""
 
     def __init__(self, log_dir: str | Path | None, total: int, start: int = 0, progress: bool = True) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.rows: list[dict[str, Any]] = []
         self._writer = None
+        self.started = start  # the step this session began at
+        self._progress = progress
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             csv_path = self.log_dir / "metrics.csv"
@@ -33,11 +40,18 @@ class MetricsLogger:
                 self._writer = None
         self.bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
         self._t0, self._s0 = time.perf_counter(), start
+        self._time_offset = 0.0  # seconds of training before this session (a resumed run's metrics.csv)
+        for row in reversed(self.rows):
+            try:
+                self._time_offset = float(row.get("time_s") or 0.0)
+                break
+            except ValueError:
+                continue
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 else math.nan
-        row = {"step": step, "time_s": round(elapsed, 3), "steps_per_s": round(rate, 3), **metrics}
+        row = {"step": step, "time_s": round(self._time_offset + elapsed, 3), "steps_per_s": round(rate, 3), **metrics}
         self.rows.append(row)
         if self._writer is not None:
             for key, value in metrics.items():
@@ -47,6 +61,11 @@ class MetricsLogger:
                                                                        "q_mc_corr", "lq_grad_ratio")}
         self.bar.set_postfix(shown, refresh=False)
         self._flush_csv()
+
+    def announce(self, message: str) -> None:
+        """A line above the progress bar (e.g. that the final evaluation is running), when it is shown."""
+        if self._progress:
+            self.bar.write(message, file=sys.stderr)
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qtkit.errors import TrainingError
+from qtkit.errors import QtkitError, TrainingError
 
 
 class Trainable(Protocol):
@@ -91,6 +91,25 @@ def summarize(step: int, history: list[dict[str, Any]], rows: list[dict[str, Any
     }
 
 
+def check_schedule(steps: int | None = None, *, eval_every: int | None = None, eval_episodes: int | None = None,
+                   checkpoint_every: int | None = None, until: int | None = None,
+                   names: dict[str, str] | None = None) -> None:
+    """Raise :class:`~qtkit.errors.ParameterRangeError` for a schedule value below 1 (None: not given), naming
+    it as ``names`` says (e.g. ``{"steps": "--steps"}`` for the command line)."""
+    from qtkit.errors import ParameterRangeError
+
+    names = names or {}
+    values = {"steps": steps, "eval_every": eval_every, "eval_episodes": eval_episodes,
+              "checkpoint_every": checkpoint_every, "until": until}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            name = names.get(key, key)
+            hint = " (leave it out for the default)" if key != "steps" else ""
+            raise ParameterRangeError(f"{name} must be an integer >= 1, got {value!r}{hint}.")
+
+
 def train(
     learner: Trainable,
     next_batch: Callable[[], Any],
@@ -103,15 +122,35 @@ def train(
     """Run ``learner`` from its current step to ``schedule.stop`` on batches from ``next_batch()``.
 
     Logs, evaluates on ``eval_env`` and checkpoints to ``log_dir / "checkpoint"`` as ``schedule`` says; writes
-    ``metrics.csv``, TensorBoard events and ``summary.json`` under ``log_dir`` (when given). A
-    :class:`~qtkit.errors.TrainingError` (a non-finite loss) is raised again naming the folder that holds the
-    last good checkpoint. Returns :func:`summarize`'s dict.
+    ``metrics.csv``, TensorBoard events and ``summary.json`` under ``log_dir`` (when given). At the stop the
+    checkpoint is saved *before* the final evaluation (an evaluation that fails never loses the trained model) and
+    again after it (with the evaluation in its history); a learner already at the stop whose final evaluation is
+    missing is only evaluated. A :class:`~qtkit.errors.TrainingError` (a non-finite loss) is raised again naming
+    the folder that holds the last good checkpoint. Under :func:`qtkit.training.interrupts.graceful_interrupts`, a
+    SIGINT/SIGTERM finishes the current step, saves a checkpoint and raises
+    :class:`~qtkit.training.interrupts.TrainingInterrupted`. Filesystem failures raise
+    :class:`~qtkit.errors.OutputPathError` naming the path and the cause. Returns :func:`summarize`'s dict.
     """
     from qtkit.agents.logger import MetricsLogger
-    from qtkit.fileio import atomic_write_text
+    from qtkit.fileio import atomic_write_text, output_errors
+    from qtkit.training import interrupts
 
     stop, every = schedule.stop, schedule.log_every
-    logger = MetricsLogger(log_dir, total=schedule.steps, start=learner.step, progress=progress)
+    checkpoint = Path(log_dir) / "checkpoint" if log_dir is not None else None
+
+    def save() -> None:
+        if checkpoint is not None:
+            with output_errors(checkpoint, "the checkpoint"):
+                learner.save(checkpoint)
+
+    def evaluate(step: int) -> None:
+        result = learner.evaluate(eval_env, episodes=schedule.eval_episodes, seed=schedule.eval_seed)
+        learner.train_mode()
+        learner.eval_history.append({"step": step, **{k: v for k, v in result.items() if k != "returns"}})
+        logger.log(step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
+
+    with output_errors(log_dir or ".", "the run folder"):
+        logger = MetricsLogger(log_dir, total=schedule.steps, start=learner.step, progress=progress)
     try:
         while learner.step < stop:
             batch = next_batch()
@@ -126,13 +165,35 @@ def train(
             done = step >= stop
             if step % every == 0 or done:
                 logger.log(step, metrics)
-            if eval_env is not None and ((schedule.eval_every and step % schedule.eval_every == 0) or done):
-                result = learner.evaluate(eval_env, episodes=schedule.eval_episodes, seed=schedule.eval_seed)
-                learner.train_mode()
-                learner.eval_history.append({"step": step, **{k: v for k, v in result.items() if k != "returns"}})
-                logger.log(step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
-            if log_dir is not None and (done or (schedule.checkpoint_every and step % schedule.checkpoint_every == 0)):
-                learner.save(Path(log_dir) / "checkpoint")
+            if done:
+                break  # the final checkpoint and evaluation follow the loop
+            if eval_env is not None and schedule.eval_every and step % schedule.eval_every == 0:
+                evaluate(step)
+            saved = bool(schedule.checkpoint_every and step % schedule.checkpoint_every == 0)
+            if saved:
+                save()
+            signum = interrupts.pending()
+            if signum is not None:
+                if step % every:
+                    logger.log(step, metrics)  # the row of the step the run stopped at (its time carries on at resume)
+                if not saved:
+                    save()
+                raise interrupts.TrainingInterrupted(signum, step, str(checkpoint) if checkpoint else None)
+        step = learner.step
+        history = learner.eval_history
+        needs_eval = eval_env is not None and not (history and history[-1].get("step") == step)
+        if logger.started < step or needs_eval:
+            save()  # before the final evaluation: a failing evaluation never loses the trained model
+        if needs_eval:
+            logger.announce(f"evaluating {schedule.eval_episodes} episodes at step {step} ...")
+            try:
+                evaluate(step)
+            except QtkitError as exc:
+                if checkpoint is not None:
+                    exc.args = (f"{exc} (The model trained to step {step} was saved in {checkpoint} before the final "
+                                "evaluation; evaluate it with `qtkit eval`.)", *exc.args[1:])
+                raise
+            save()  # again, with the final evaluation in its history
     finally:
         logger.close()
     summary = summarize(learner.step, learner.eval_history, logger.rows)
