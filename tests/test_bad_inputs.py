@@ -1,29 +1,186 @@
-"""Bad inputs to the data, sweep and report commands, through the real CLI in a subprocess (``python -m qtkit``):
-exit 2, one message naming the thing and the fix, no traceback, and nothing half-made where the output would
-have gone (no new folder or file, no staging folders). Plus unit tests of the loader checks, the staging-folder
-clean-up and the lazy ``qtkit.<submodule>`` attributes."""
+"""Every bad input of issue [3/5] through the real command line (``python -m qtkit`` in a subprocess): exit 2,
+one message naming the wrong thing (and the fix), no traceback, and nothing half-made where the output would have
+gone (no run folder, no dataset, no staging folder, no changed file).
+
+Two parametrised tables: ``RUN_CASES`` (``train``, ``eval``, ``show``: run concurrently in one module fixture) and
+``DATA_CASES`` (``data``, ``sweep``, ``report``: each in a fresh work folder); then the unit tests of the loader
+checks, the staging-folder clean-up, the SAC target level and the lazy ``qtkit.<submodule>`` attributes.
+
+``QTKIT_BAD_INPUT_TABLE=FILE pytest tests/test_bad_inputs.py`` also appends one Markdown row per case to FILE:
+case, command, exit code, first line printed (the table of the issue's closing note).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from qtkit.data import TrajectoryDataset, load_dataset
 from qtkit.errors import DataError
-from tests.conftest import assert_clean_failure, run_qtkit
+from tests.conftest import assert_clean_failure, pendulum_dataset, run_qtkit
 
-ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 N = 12
+NO_GPU_DEVICE = "cuda" if not torch.cuda.is_available() else "cuda:99"
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+TINY_OVERRIDES = {"backbone": {"width": 16, "depth": 1, "heads": 1, "mlp_dim": 32}, "batch_size": 8, "context": 4}
+TINY_SETS = ["--set", "backbone.width=16", "--set", "backbone.depth=1", "--set", "backbone.heads=1",
+             "--set", "backbone.mlp_dim=32", "--set", "batch_size=8", "--set", "context=4"]
 
 
+def record(label: str, args: list[str], result: Any, work: Path) -> None:
+    """Append ``| label | qtkit ARGS | exit | first line |`` to $QTKIT_BAD_INPUT_TABLE (when set)."""
+    table = os.environ.get("QTKIT_BAD_INPUT_TABLE")
+    if not table:
+        return
+    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    first = (lines[0] if lines else "").replace(str(work), "W").replace("|", "\\|")
+    command = " ".join(["qtkit", *args]).replace(" ".join(TINY_SETS), "$TINY")
+    command = command.replace(str(work), "W").replace("{ws}", "W").replace("{W}", "W")
+    with open(table, "a", encoding="utf-8") as handle:
+        handle.write(f"| {label} | `{command}` | {result.returncode} | {first[:160]} |\n")
+
+
+# ============================================================ train, eval, show
+@dataclass
+class Case:
+    """``args`` (``{ws}`` is replaced by the workspace), the strings the message must contain, and the run folder
+    that must not be created (None: the case's --out exists on purpose; its files must be left as they were)."""
+
+    args: list[str]
+    names: list[str]
+    absent: str | None = None
+    result: Any = field(default=None, repr=False)
+
+
+def train(out: str, *extra: str, dataset: str = "{ws}/pendulum.npz") -> list[str]:
+    return ["train", "--preset", "dt-gpt", "--dataset", dataset, "--out", out, "--steps", "4", *TINY_SETS, *extra]
+
+
+RUN_CASES: dict[str, Case] = {
+    # the schedule options
+    "steps-0": Case(train("{ws}/new", "--steps", "0"), ["--steps", ">= 1", "0"], "{ws}/new"),
+    "steps-negative": Case(train("{ws}/new", "--steps", "-5"), ["--steps", "-5"], "{ws}/new"),
+    "eval-every-0": Case(train("{ws}/new", "--eval-every", "0"), ["--eval-every", ">= 1"], "{ws}/new"),
+    "eval-episodes-0": Case(train("{ws}/new", "--eval-episodes", "0"), ["--eval-episodes", ">= 1"], "{ws}/new"),
+    "checkpoint-every-0": Case(train("{ws}/new", "--checkpoint-every", "0"), ["--checkpoint-every", ">= 1"],
+                               "{ws}/new"),
+    # the config: ranges from build, the context against the data, the device
+    "batch-size-0": Case(train("{ws}/new", "--set", "batch_size=0"), ["batch_size", ">= 1"], "{ws}/new"),
+    "ema-decay-2": Case(["train", "--preset", "qt-gpt-nstep", "--dataset", "{ws}/pendulum.npz", "--out", "{ws}/new",
+                         "--set", "ema_decay=2"], ["ema_decay", "2"], "{ws}/new"),
+    "context-5000": Case(train("{ws}/new", "--set", "context=5000"),
+                         ["context=5000", "longest episode", "12 steps", "--set context=12"], "{ws}/new"),
+    "device-without-gpu": Case(train("{ws}/new", "--set", f"device={NO_GPU_DEVICE}"),
+                               [NO_GPU_DEVICE, "--set device=cpu"], "{ws}/new"),
+    # the dataset and its evaluation env
+    "dataset-missing": Case(train("{ws}/new", dataset="{ws}/nope.npz"), ["nope.npz"], "{ws}/new"),
+    "dataset-without-env": Case(train("{ws}/new", dataset="{ws}/noenv.npz"), ["records no environment", "--no-eval"],
+                                "{ws}/new"),
+    # the run folder
+    "out-is-a-file": Case(train("{ws}/afile"), ["afile", "is a file", "--out"]),
+    "out-under-a-file": Case(train("{ws}/afile/run"), ["afile", "is a file"], None),
+    "out-holds-a-run": Case(train("{ws}/finished"), ["finished", "already holds a run", "--resume", "--overwrite"]),
+    "resume-nothing": Case(train("{ws}/new", "--resume"), ["--resume", "nothing to continue", "new"], "{ws}/new"),
+    "resume-and-overwrite": Case(train("{ws}/finished", "--resume", "--overwrite"), ["--resume", "--overwrite"]),
+    "resume-other-config": Case(train("{ws}/finished", "--resume", "--set", "batch_size=16", "--seed", "3"),
+                                ["train.batch_size: 8 in the checkpoint, 16 now", "train.seed: 0 in the checkpoint, 3 now"]),
+    "resume-fewer-steps": Case(train("{ws}/finished", "--resume", "--steps", "2"), ["--steps 2", "step 4"]),
+    # eval: damaged files, a missing folder, an unknown env, bad counts
+    "eval-truncated-weights": Case(["eval", "{ws}/truncated", "-n", "1"], ["weights.safetensors", "truncated"]),
+    "eval-broken-config": Case(["eval", "{ws}/brokencfg", "-n", "1"], ["config.yaml", "damaged"]),
+    "eval-missing-folder": Case(["eval", "{ws}/no-such-run"], ["no-such-run", "does not exist"]),
+    "eval-no-checkpoint": Case(["eval", "{ws}/afolder"], ["afolder", "holds no checkpoint"]),
+    "eval-unknown-env": Case(["eval", "{ws}/finished", "--env", "NoSuchEnv-v9", "-n", "1"],
+                             ["NoSuchEnv-v9", "--env Pendulum-v1"]),
+    "eval-zero-episodes": Case(["eval", "{ws}/finished", "--episodes", "0"], ["--episodes", ">= 1"]),
+    # show
+    "show-unknown-preset": Case(["show", "dt-gtp"], ["dt-gtp", "dt-gpt"]),
+    "show-bad-range": Case(["show", "dt-gpt", "--set", "lr=-1"], ["lr", "> 0"]),
+    "show-batch-size-0": Case(["show", "dt-gpt", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
+    "eta-negative": Case(["train", "--preset", "qt-gpt-nstep", "--dataset", "{ws}/pendulum.npz", "--out", "{ws}/new",
+                          "--set", "eta=-1"], ["eta", ">= 0"], "{ws}/new"),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    import qtkit
+
+    ws = tmp_path_factory.mktemp("bad-inputs")
+    data = pendulum_dataset(episodes=4, length=12)
+    spec = gym.make("Pendulum-v1", max_episode_steps=10).spec.to_json()
+    type(data).from_episodes(list(data), action_space=data.action_space,
+                             metadata={**data.metadata, "eval_env_spec": spec}).to_npz(ws / "pendulum.npz")
+    no_env = {k: v for k, v in data.metadata.items() if k != "env_id"}
+    type(data).from_episodes(list(data), action_space=data.action_space, metadata=no_env).to_npz(ws / "noenv.npz")
+    (ws / "afile").write_text("not a folder\n")
+    (ws / "afolder").mkdir()
+    agent = qtkit.build("dt-gpt", dataset=data, seed=0, **TINY_OVERRIDES)
+    agent.fit(data, 4, log_dir=ws / "finished", eval_env=lambda: gym.make("Pendulum-v1", max_episode_steps=10),
+              eval_episodes=1, progress=False)
+    for name in ("truncated", "brokencfg"):
+        shutil.copytree(ws / "finished", ws / name)
+    weights = ws / "truncated" / "checkpoint" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (ws / "brokencfg" / "checkpoint" / "config.yaml").write_text("train: [unclosed\n")
+    before = _snapshot(ws)
+
+    def run(case: Case) -> None:
+        case.result = run_qtkit(*[a.replace("{ws}", str(ws)) for a in case.args])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(run, RUN_CASES.values()))
+    return ws, before
+
+
+@pytest.mark.parametrize("name", list(RUN_CASES))
+def test_bad_input_fails_cleanly(name: str, results: tuple[Path, dict[str, bytes]]) -> None:
+    ws, before = results
+    case = RUN_CASES[name]
+    names = [n.replace("{ws}", str(ws)) for n in case.names]
+    assert_clean_failure(case.result, *names)
+    record(name, case.args, case.result, ws)
+    if case.absent is not None:
+        assert not Path(case.absent.replace("{ws}", str(ws))).exists(), "a half-made run folder was left"
+    assert _snapshot(ws) == before, "a failing command changed files in the workspace"
+
+
+def test_read_only_parent_is_named_with_the_cause(results: tuple[Path, dict[str, bytes]]) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    ws, _ = results
+    locked = ws / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = run_qtkit(*train(str(locked / "run"), "--no-eval"))
+        first = assert_clean_failure(result, str(locked / "run"), "permission denied")
+        assert first.startswith("error: ")
+        assert not (locked / "run").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+# ============================================================ data, sweep, report
 def _npz(path: Path, **changes: Any) -> Path:
     arrays = {"observations": np.zeros((N, 3), np.float32), "actions": np.zeros((N, 2), np.float32),
               "rewards": np.ones(N, np.float32), "terminals": np.zeros(N, bool),
@@ -54,7 +211,7 @@ def _run_folder(folder: Path) -> Path:
 
 
 # (label, args with {W} for the work folder, names the message must hold, the output path that must not appear)
-CASES = [
+DATA_CASES = [
     ("npz-strings", ["data", "inspect", "{W}/strings.npz"], ["strings.npz", "'observations'", "not numbers"], None),
     ("npz-terminal-0.5", ["data", "inspect", "{W}/half.npz"], ["half.npz", "'terminals'", "row 3", "0.5"], None),
     ("npz-timeout-1.5", ["data", "inspect", "{W}/over.npz"], ["over.npz", "'timeouts'", "row 5", "1.5"], None),
@@ -78,6 +235,7 @@ CASES = [
      ["afile/sw", "is a file, not a folder"], None),
     ("sweep-out-read-only", ["sweep", "{W}/sweep.yaml", "--serial", "--out", "{W}/ro"], ["ro", "permission denied"],
      None),
+    ("sweep-check-batch-size-0", ["sweep", "{W}/badset.yaml", "--check"], ["batch_size", ">= 1"], "sw"),
     ("report-no-runs", ["report", "{W}/empty"], ["no run folders with summary.json", "empty"], None),
     ("report-out-is-file", ["report", "{W}/runs", "--out", "{W}/afile"], ["afile", "it is a file"], None),
     ("report-out-under-file", ["report", "{W}/runs", "--out", "{W}/afile/rep"], ["afile/rep", "is a file"], None),
@@ -86,7 +244,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("label", "args", "names", "absent"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("label", "args", "names", "absent"), DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_bad_input_is_one_clean_error(label: str, args: list[str], names: list[str], absent: str | None,
                                       tmp_path: Path) -> None:
     if "read-only" in label and ROOT:
@@ -99,6 +257,8 @@ def test_bad_input_is_one_clean_error(label: str, args: list[str], names: list[s
     (work / "afile").write_text("not a folder")
     (work / "empty").mkdir()
     _sweep_file(work, _npz(work / "good.npz"))
+    spec = yaml.safe_load((work / "sweep.yaml").read_text())
+    (work / "badset.yaml").write_text(yaml.safe_dump({**spec, "set": {"batch_size": 0}}))
     _run_folder(work)
     (work / "ro").mkdir()
     os.chmod(work / "ro", 0o555)
@@ -109,6 +269,7 @@ def test_bad_input_is_one_clean_error(label: str, args: list[str], names: list[s
     finally:
         os.chmod(work / "ro", 0o755)
     first = assert_clean_failure(result, *names)
+    record(label, args, result, work)
     assert first.startswith("error: "), first
     assert _tree(work) == before, f"{label} left {_tree(work) - before}"  # nothing half-made, no temp folders
     if absent is not None:
