@@ -166,3 +166,18 @@ def assert_clean_failure(result: Any, *names: str, code: int = 2) -> str:
         assert name in output, f"{name!r} not in:\n{output}"
     lines = [line for line in result.stderr.splitlines() if line.strip()] or output.splitlines()
     return lines[0] if lines else ""
+
+
+#: ``--set`` flags for a tiny dt-gpt/qt model on the command line (the CLI twin of TINY).
+TINY_SETS = ["--set", "backbone.width=16", "--set", "backbone.depth=1", "--set", "backbone.heads=1",
+             "--set", "backbone.mlp_dim=32", "--set", "batch_size=8", "--set", "context=4"]
+
+
+def pendulum_npz(path: Any, episodes: int = 4, length: int = 12, eval_steps: int = 10) -> str:
+    """:func:`pendulum_dataset` saved as ``.npz`` at ``path``, recording an evaluation env (Pendulum-v1 with
+    ``eval_steps``-step episodes) so the CLI can evaluate it; returns the path."""
+    data = pendulum_dataset(episodes=episodes, length=length)
+    spec = gym.make("Pendulum-v1", max_episode_steps=eval_steps).spec.to_json()
+    data = type(data).from_episodes(list(data), action_space=data.action_space,
+                                    metadata={**data.metadata, "eval_env_spec": spec})
+    return str(data.to_npz(path))

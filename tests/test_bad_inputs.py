@@ -30,14 +30,12 @@ import yaml
 
 from qtkit.data import TrajectoryDataset, load_dataset
 from qtkit.errors import DataError
-from tests.conftest import assert_clean_failure, pendulum_dataset, run_qtkit
+from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_dataset, run_qtkit
 
 N = 12
 NO_GPU_DEVICE = "cuda" if not torch.cuda.is_available() else "cuda:99"
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 TINY_OVERRIDES = {"backbone": {"width": 16, "depth": 1, "heads": 1, "mlp_dim": 32}, "batch_size": 8, "context": 4}
-TINY_SETS = ["--set", "backbone.width=16", "--set", "backbone.depth=1", "--set", "backbone.heads=1",
-             "--set", "backbone.mlp_dim=32", "--set", "batch_size=8", "--set", "context=4"]
 
 
 def record(label: str, args: list[str], result: Any, work: Path) -> None:

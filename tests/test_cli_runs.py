@@ -16,26 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_clean_failure, pendulum_dataset, run_qtkit
+from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_npz, run_qtkit
 
-TINY_SETS = ["--set", "backbone.width=16", "--set", "backbone.depth=1", "--set", "backbone.heads=1",
-             "--set", "backbone.mlp_dim=32", "--set", "batch_size=8", "--set", "context=4"]
 STEPS = 200  # long enough that a signal sent at the first checkpoint (step 10) arrives well before the end
 
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny Pendulum dataset (4 episodes of 12 steps) whose evaluation env has 10-step episodes."""
-    data = pendulum_dataset(episodes=4, length=12)
-    spec = gym.make("Pendulum-v1", max_episode_steps=10).spec.to_json()
-    data = type(data).from_episodes(list(data), action_space=data.action_space,
-                                    metadata={**data.metadata, "eval_env_spec": spec})
-    return str(data.to_npz(tmp_path_factory.mktemp("data") / "pendulum.npz"))
+    return pendulum_npz(tmp_path_factory.mktemp("data") / "pendulum.npz")
 
 
 def long_run(npz: str, out: Path) -> list[str]:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import pytest
 import yaml
 
@@ -28,13 +27,9 @@ TINY_SET = {
 @pytest.fixture(scope="module")
 def npz_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny Pendulum dataset on disk whose evaluation env has 10-step episodes."""
-    from tests.conftest import pendulum_dataset
+    from tests.conftest import pendulum_npz
 
-    ds = pendulum_dataset(episodes=4, length=12)
-    spec = gym.make("Pendulum-v1", max_episode_steps=10).spec.to_json()
-    ds = type(ds).from_episodes(list(ds), action_space=ds.action_space,
-                                metadata={**ds.metadata, "eval_env_spec": spec})
-    return str(ds.to_npz(tmp_path_factory.mktemp("data") / "pendulum.npz"))
+    return pendulum_npz(tmp_path_factory.mktemp("data") / "pendulum.npz")
 
 
 def sweep_dict(npz: str, out: Path, **extra: Any) -> dict[str, Any]:
