@@ -8,5 +8,6 @@ import qtkit.agents
 import qtkit.backbones
 import qtkit.backups
 import qtkit.critics
+import qtkit.encoders
 import qtkit.policies
 import qtkit.samplers  # noqa: F401

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 from qtkit.errors import RegistryError, UnknownNameError, did_you_mean
 from qtkit.params import check_call
 
-KINDS: list[str] = ["backbone", "policy", "critic", "backup", "sampler", "agent"]
+KINDS: list[str] = ["encoder", "backbone", "policy", "critic", "backup", "sampler", "agent"]
 
 #: Constructor parameters the builder supplies; a preset never sets them directly.
 #: ``obs_dim``/``act_dim``/``action_low``/``action_high`` come from the shapes, ``gamma`` and
 #: ``rtg_scale`` from the training section, ``backbone`` is the built backbone component.
 CONTEXT_PARAMS: frozenset[str] = frozenset(
-    {"obs_dim", "act_dim", "action_low", "action_high", "gamma", "rtg_scale", "backbone"}
+    {"obs_shape", "obs_dim", "act_dim", "action_low", "action_high", "gamma", "rtg_scale", "backbone"}
 )
 
 T = TypeVar("T")

@@ -1,0 +1,9 @@
+"""Encoders (kind ``encoder``): one observation -> the features policies and critics consume.
+
+``flat`` (vectors, the default), ``conv`` (a small RL CNN for 64x64 frames) and ``timm`` (any timm model).
+"""
+
+from qtkit.encoders.base import Encoder
+from qtkit.encoders.flat import FlatEncoder
+
+__all__ = ["Encoder", "FlatEncoder"]

@@ -1,0 +1,54 @@
+"""The encoder interface: one observation -> the state features that policies and critics consume.
+
+An encoder maps observations ``[..., *obs_shape]`` (any leading dimensions: ``[B, K]`` windows, ``[E]``
+environments) to features ``[..., out_dim]`` float32. Policies and critics are built with ``obs_dim =
+encoder.out_dim``, so they never see the raw observation: ``flat`` (the default) passes a vector observation
+through unchanged (``out_dim == obs_dim``; existing presets are bit-identical), image encoders take uint8
+``[..., H, W, C]`` frames (HWC, as gymnasium and Minari store them) or floats already in [0, 1], and return
+a learned embedding.
+
+Guarantees every encoder keeps (``tests/test_contract_encoder.py`` checks them):
+
+- the output is ``[..., out_dim]`` float32 for uint8 and float inputs alike (uint8 is scaled by 1/255 inside);
+- random augmentation (``augment``) only in training mode: in eval mode the output is deterministic;
+- a ``state_dict`` round trip reproduces the outputs; gradients reach every trainable parameter.
+
+Context parameters (supplied by the builder, never set in a preset): ``obs_shape`` (one observation's
+shape, ``(obs_dim,)`` for vectors) and ``obs_dim`` (its flat size).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from torch import Tensor, nn
+
+
+class Encoder(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of encoders: ``forward(observations [..., *obs_shape]) -> features [..., out_dim]``."""
+
+    #: One observation's shape (``(obs_dim,)`` for a vector, ``(H, W, C)`` for an image).
+    obs_shape: tuple[int, ...]
+    #: Feature width: the ``obs_dim`` the policy and the critic are built with.
+    out_dim: int
+    #: Whether the observations are images (uint8 ``[H, W, C]``): the agent then keeps them uint8 until this
+    #: encoder and does not standardise them with the dataset's mean/std.
+    is_image: bool = False
+
+    @abc.abstractmethod
+    def forward(self, observations: Tensor) -> Tensor:
+        """``observations [..., *obs_shape]`` (uint8 or float) -> ``features [..., out_dim]`` float32."""
+
+    def flatten_leading(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """``[..., *obs_shape]`` -> (``[N, *obs_shape]``, the leading shape) for encoders that take one batch
+        dimension; undo with ``features.reshape(*leading, out_dim)``."""
+        n = len(self.obs_shape)
+        if tuple(observations.shape[-n:]) != tuple(self.obs_shape):
+            from qtkit.errors import ShapeMismatchError
+
+            raise ShapeMismatchError(
+                f"encoder {type(self).__name__}: observations end in {tuple(observations.shape[-n:])}, expected "
+                f"{tuple(self.obs_shape)} (one observation's shape)."
+            )
+        leading = tuple(observations.shape[:-n])
+        return observations.reshape(-1, *self.obs_shape), leading
