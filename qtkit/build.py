@@ -26,8 +26,10 @@ def _shapes_from_env(env: Any) -> dict[str, Any]:
             "continuous dimension into bins itself; a Discrete or MultiDiscrete space is not supported: wrap "
             "the env so it takes a Box action (e.g. one dimension per choice, decoded by argmax)."
         )
+    image = isinstance(obs_space, gym.spaces.Box) and obs_space.dtype == np.uint8 and len(obs_space.shape) == 3
     return {
         "obs_dim": int(gym.spaces.flatdim(obs_space)),
+        "obs_shape": [int(s) for s in obs_space.shape] if image else [int(gym.spaces.flatdim(obs_space))],
         "act_dim": int(np.prod(act_space.shape)),
         "action_low": [float(x) for x in np.asarray(act_space.low, dtype=np.float64).reshape(-1)],
         "action_high": [float(x) for x in np.asarray(act_space.high, dtype=np.float64).reshape(-1)],
@@ -37,8 +39,10 @@ def _shapes_from_env(env: Any) -> dict[str, Any]:
 def _shapes_from_dataset(dataset: Any) -> dict[str, Any]:
     import numpy as np
 
+    obs_shape = getattr(dataset, "obs_shape", None) or (int(dataset.obs_dim),)  # older dataset-like objects
     return {
         "obs_dim": int(dataset.obs_dim),
+        "obs_shape": [int(s) for s in obs_shape],
         "act_dim": int(dataset.act_dim),
         "action_low": [float(x) for x in np.asarray(dataset.action_low, dtype=np.float64).reshape(-1)],
         "action_high": [float(x) for x in np.asarray(dataset.action_high, dtype=np.float64).reshape(-1)],
@@ -68,6 +72,18 @@ def resolve_shapes(
         value = shapes[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ParameterTypeError(f"preset {preset!r}: {key} must be a positive int, got {value!r}.")
+    import numpy as np
+
+    obs_shape = shapes.get("obs_shape")
+    obs_shape = [int(s) for s in (obs_shape if isinstance(obs_shape, Sequence) else [shapes["obs_dim"]])]
+    if explicit.get("obs_shape") is None and int(np.prod(obs_shape)) != shapes["obs_dim"]:
+        obs_shape = [shapes["obs_dim"]]  # an explicit obs_dim without a shape: a vector
+    if any(s < 1 for s in obs_shape) or int(np.prod(obs_shape)) != shapes["obs_dim"]:
+        raise ConfigError(
+            f"preset {preset!r}: obs_shape {obs_shape} does not hold obs_dim={shapes['obs_dim']} values "
+            "(one observation's shape, e.g. [64, 64, 3] for images or [obs_dim] for vectors)."
+        )
+    shapes["obs_shape"] = obs_shape
     act_dim = shapes["act_dim"]
     for key, fill in (("action_low", -1.0), ("action_high", 1.0)):
         value = shapes.get(key)
@@ -113,6 +129,7 @@ def build(
     act_dim: int | None = None,
     action_low: float | Sequence[float] | None = None,
     action_high: float | Sequence[float] | None = None,
+    obs_shape: Sequence[int] | None = None,
     dataset: Any = None,
     env: Any = None,
     **overrides: Any,
@@ -139,7 +156,8 @@ def build(
     shapes = resolve_shapes(
         resolved["name"],
         config.get("shapes"),
-        {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": action_low, "action_high": action_high},
+        {"obs_dim": obs_dim, "obs_shape": obs_shape, "act_dim": act_dim, "action_low": action_low,
+         "action_high": action_high},
         dataset=dataset,
         env=env,
     )
@@ -153,9 +171,11 @@ def build(
         import torch
 
         torch.manual_seed(int(resolved["train"]["seed"]))  # component initialisation is reproducible
-    components: dict[str, Any] = {}
+    # the encoder first: policies and critics see its features (obs_dim = encoder.out_dim), never raw observations
+    components: dict[str, Any] = {"encoder": instantiate("encoder", resolved["encoder"], context)}
+    context = {**context, "obs_dim": int(components["encoder"].out_dim)}
     for slot in SLOTS:
-        if slot == "backbone":
+        if slot in ("encoder", "backbone"):
             continue  # the backbone is built for the component that asks for it (below)
         slot_context = dict(context)
         entry_spec = resolved[slot]

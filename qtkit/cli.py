@@ -106,10 +106,15 @@ def parse_sets(items: list[str]) -> dict[str, object]:
         parts = key.strip().split(".")
         node = out
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):  # --set encoder=timm --set encoder.model=resnet18
+                node[part] = {"type": node[part]}
             node = node.setdefault(part, {})  # type: ignore[assignment]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is set both as a value and as a section.")
-        node[parts[-1]] = value
+        if isinstance(node.get(parts[-1]), dict) and isinstance(value, str):  # encoder.model=... then encoder=timm
+            node[parts[-1]] = {"type": value, **node[parts[-1]]}
+        else:
+            node[parts[-1]] = value
     return out
 
 

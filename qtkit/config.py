@@ -42,12 +42,14 @@ from qtkit.params import check_params, describe
 from qtkit.registry import CONTEXT_PARAMS, ComponentEntry, get_component
 
 #: Component slots of a preset, in build order.
-SLOTS: tuple[str, ...] = ("backbone", "policy", "critic", "backup", "sampler")
+SLOTS: tuple[str, ...] = ("encoder", "backbone", "policy", "critic", "backup", "sampler")
+#: What an absent slot means (the encoder of vector observations; other slots have no default).
+SLOT_DEFAULTS: dict[str, str] = {"encoder": "flat"}
 #: Slots that may be ``null``.
 OPTIONAL_SLOTS: frozenset[str] = frozenset({"critic", "backbone"})
 #: Keys of a preset besides the slots.
 PRESET_KEYS: tuple[str, ...] = ("base", "description", "agent", "shapes", "train", "name")
-SHAPE_KEYS: tuple[str, ...] = ("obs_dim", "act_dim", "action_low", "action_high")
+SHAPE_KEYS: tuple[str, ...] = ("obs_dim", "obs_shape", "act_dim", "action_low", "action_high")
 DEFAULT_AGENT = "qt"
 
 
@@ -371,7 +373,7 @@ def _plain(value: Any) -> Any:
 def resolve_slot(slot: str, spec: Any, *, preset: str) -> dict[str, Any] | None:
     """Validate one slot spec and fill in its defaults from the component's signature."""
     where_slot = f"preset {preset!r}, slot {slot!r}"
-    spec = _as_slot_dict(spec)
+    spec = _as_slot_dict(SLOT_DEFAULTS[slot] if spec is None and slot in SLOT_DEFAULTS else spec)
     if spec is None:
         if slot in OPTIONAL_SLOTS:
             return None
@@ -436,7 +438,7 @@ def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dic
     accepted_train = train_keys(agent)
     for key, value in overrides.items():
         if key in SLOTS:
-            config[key] = _merge_slot(config.get(key), value)
+            config[key] = _merge_slot(config.get(key) or SLOT_DEFAULTS.get(key), value)
         elif key == "train":
             if not isinstance(value, Mapping):
                 raise ParameterTypeError(f"preset {preset!r}: 'train' override must be a mapping, got {value!r}.")

@@ -12,6 +12,7 @@ import torch
 import qtkit
 from qtkit.backbones.gpt2 import GPT2Backbone
 from qtkit.critics.ar_q import ARQCritic
+from qtkit.encoders import FlatEncoder
 from qtkit.errors import ConfigError
 from qtkit.policies.ar_argmax import ARArgmaxPolicy
 from qtkit.samplers.ar_greedy import ARGreedySampler
@@ -191,7 +192,7 @@ def test_rollout_acts_through_the_sampler() -> None:
     agent = SimpleNamespace(
         name="test", return_targets=[1.0], train_config=SimpleNamespace(context=3, rtg_scale=1.0),
         shapes={"obs_dim": OBS, "act_dim": ACT}, device=torch.device("cpu"), sampler=ARGreedySampler(),
-        policy=policy, critic=critic, standardize=lambda x: x,
+        policy=policy, critic=critic, encoder=FlatEncoder((OBS,), OBS), encode=lambda x: x,
         autocast=lambda: torch.autocast("cpu", enabled=False),
     )
     rollout = Rollout(agent, num_envs=2, seed=0)

@@ -179,7 +179,7 @@ def test_missing_shapes() -> None:
 
 def test_shapes_from_env() -> None:
     agent = qtkit.build("dt-gpt", env="Pendulum-v1", **SMALL)
-    assert agent.shapes == {"obs_dim": 3, "act_dim": 1, "action_low": [-2.0], "action_high": [2.0]}
+    assert agent.shapes == {"obs_dim": 3, "obs_shape": [3], "act_dim": 1, "action_low": [-2.0], "action_high": [2.0]}
 
 
 def test_unbounded_actions_rejected_by_tanh_policy() -> None:

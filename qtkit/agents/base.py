@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
 from qtkit.cpu import apply_cpu_tuning
+from qtkit.encoders import Encoder, FlatEncoder
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 from qtkit.params import Interval, Matches, NonNegativeFloat, NonNegativeInt, OneOf, PositiveFloat, PositiveInt, check_dataclass
 
@@ -145,9 +146,14 @@ class Agent(abc.ABC):
         critic: Critic | None = None,
         backup: Backup | None = None,
         sampler: Sampler | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.config = copy.deepcopy(config)
         self.train_config = self.TrainConfig(**config["train"])
+        shapes = self.config["shapes"]
+        #: observations -> the features policy and critic see (flat: the standardised vector itself)
+        self.encoder: Encoder = encoder if encoder is not None else FlatEncoder(
+            shapes.get("obs_shape") or [shapes["obs_dim"]], shapes["obs_dim"])
         self.policy = policy
         self.critic = critic
         self.backup = backup
@@ -208,11 +214,53 @@ class Agent(abc.ABC):
         return dict(self.config["shapes"])
 
     def modules(self) -> dict[str, nn.Module]:
-        """The modules whose weights the agent saves, by slot."""
-        out: dict[str, nn.Module] = {"policy": self.policy}
+        """The modules whose weights the agent saves, by slot (``flat`` encoders have none)."""
+        out: dict[str, nn.Module] = {"encoder": self.encoder, "policy": self.policy}
         if self.critic is not None:
             out["critic"] = self.critic
         return out
+
+    # ------------------------------------------------------------------ observations -> features
+    def encode(self, observations: Tensor, encoder: Encoder | None = None) -> Tensor:
+        """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]``.
+
+        Vector observations are standardised with the dataset's statistics first (``flat`` then passes them on:
+        the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8).
+        """
+        encoder = encoder or self.encoder
+        if encoder.is_image:
+            shape = tuple(encoder.obs_shape)
+            if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
+                observations = observations.reshape(*observations.shape[:-1], *shape)
+            return encoder(observations)
+        return encoder(self.standardize(observations))
+
+    def encode_batch(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``(states, next_states)``: features ``[B, K, F]`` of a batch's observations and next observations.
+
+        ``states`` carry the encoder's gradient (the encoder learns in the optimiser that owns it); ``next_states``
+        (targets of the next-state prediction and of the bootstrap) never do.
+        """
+        states = self.encode(batch.observations)
+        with torch.no_grad():
+            next_states = self.encode(batch.next_observations)
+        return states, next_states
+
+    def critic_inputs(self, states: Tensor) -> Tensor:
+        """The critic's view of the shared features: detached, unless the critic is what trains the encoder
+        (policy and critic read one encoder; it learns from one loss, as in DrQ-style agents)."""
+        return states if self.encoder_learns_from_critic else states.detach()
+
+    #: Whether a shared encoder is trained by the critic's loss (Q-Transformer: the critic is the learner) rather
+    #: than the policy's (QT, DT).
+    encoder_learns_from_critic: ClassVar[bool] = False
+
+    def with_encoder(self, module: nn.Module, encoder: Encoder | None) -> nn.Module:
+        """``module``, plus ``encoder`` when it has weights: what one optimiser (and its gradient clip) updates.
+        (Without encoder weights this is ``module`` itself, so the optimiser is exactly the one before encoders.)"""
+        if encoder is None or not any(True for _ in encoder.parameters()):
+            return module
+        return nn.ModuleDict({"module": module, "encoder": encoder})
 
     def num_parameters(self) -> dict[str, int]:
         return {slot: sum(p.numel() for p in m.parameters()) for slot, m in self.modules().items()}
@@ -373,6 +421,7 @@ class Agent(abc.ABC):
         self.policy.train()
         if self.critic is not None:
             self.critic.train()
+        self.encoder.train()
 
     def fit(
         self,
@@ -431,9 +480,7 @@ class Agent(abc.ABC):
         if tc.compile and not self._compiled:
             self.compile_modules()
             self._compiled = True
-        self.policy.train()
-        if self.critic is not None:
-            self.critic.train()
+        self.train_mode()
 
         def next_batch() -> Batch:
             batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)

@@ -34,7 +34,7 @@ class Rollout:
         tc = agent.train_config
         self.K, self.rtg_scale = tc.context, tc.rtg_scale
         self.generator = torch.Generator().manual_seed(seed)
-        obs_dim, act_dim = agent.shapes["obs_dim"], agent.shapes["act_dim"]
+        obs_dim, act_dim = agent.encoder.out_dim, agent.shapes["act_dim"]  # the history holds encoder features
         device = agent.device
         if agent.sampler is None:
             raise ConfigError(f"agent {agent.name!r} has no sampler to act with: give its preset a sampler slot.")
@@ -57,9 +57,11 @@ class Rollout:
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
-        """Actions ``[E, act]`` for raw flattened observations ``[E, obs]``."""
+        """Actions ``[E, act]`` for raw flattened observations ``[E, obs]`` (images: uint8, flattened or not)."""
         agent, ctx = self.agent, self.ctx
-        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=agent.device)
+        dtype = np.uint8 if agent.encoder.is_image else np.float32  # frames stay uint8 until the encoder
+        obs = torch.as_tensor(np.asarray(observations, dtype=dtype), device=agent.device)
+        obs = obs.reshape(obs.shape[0], -1) if obs.ndim > 2 else obs
         if obs.shape != (self.num_envs, agent.shapes["obs_dim"]):
             raise ShapeMismatchError(
                 f"agent {agent.name!r} expects observations of shape [{self.num_envs}, {agent.shapes['obs_dim']}] "
@@ -68,7 +70,8 @@ class Rollout:
         ctx.states, ctx.actions, ctx.timesteps, ctx.mask = (
             torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
-        ctx.states[:, -1] = agent.standardize(obs)
+        agent.encoder.eval()
+        ctx.states[:, -1] = agent.encode(obs)
         ctx.actions[:, -1] = 0.0
         ctx.timesteps[:, -1] = self.t
         ctx.mask[:, -1] = True

@@ -21,6 +21,7 @@ from qtkit.agents.diagnostics import gradient_balance, q_at_data, value_diagnost
 from qtkit.backups.base import Backup
 from qtkit.critics.base import Critic, soft_update
 from qtkit.data.batch import Batch
+from qtkit.encoders import Encoder
 from qtkit.errors import ConfigError
 from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from qtkit.policies.base import BCPolicy, Policy
@@ -57,14 +58,14 @@ class QTAgent(Agent):
     train_config: QTTrainConfig
 
     def __init__(self, config: dict[str, Any], policy: Policy, critic: Critic | None = None,
-                 backup: Backup | None = None, sampler: Sampler | None = None) -> None:
+                 backup: Backup | None = None, sampler: Sampler | None = None, encoder: Encoder | None = None) -> None:
         if not isinstance(policy, BCPolicy):
             raise ConfigError(
                 f"preset {config.get('name')!r}: agent 'qt' trains its policy by behaviour cloning, but policy "
                 f"{type(policy).__name__} has no bc_loss(). Policy 'ar-argmax' decodes an 'ar-q' critic: use it "
                 "with agent: qtransformer (see preset 'qtransformer')."
             )
-        super().__init__(config, policy, critic, backup, sampler)
+        super().__init__(config, policy, critic, backup, sampler, encoder)
         # a critic that bootstraps from the policy's actions gets them from an EMA copy of the policy
         self.ema_policy: BCPolicy | None = None
         if critic is not None and critic.needs_policy_actions:
@@ -88,8 +89,9 @@ class QTAgent(Agent):
         # instead of a Python loop of small ops (reference policy, CPU: clip + step 46 ms -> 15 ms)
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}
         groups = {"filter_bias_and_bn": not tc.decay_all_parameters}
-        self.policy_optimizer = create_optimizer_v2(self.policy, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
-                                                    **groups, **fused)
+        # the policy's optimiser also trains the encoder (if it has weights): the critic reads its features detached
+        self.policy_optimizer = create_optimizer_v2(self.with_encoder(self.policy, self.encoder), opt=tc.optimizer,
+                                                    lr=tc.lr, weight_decay=tc.weight_decay, **groups, **fused)
         self.policy_scheduler = make_lr_scheduler(self.policy_optimizer, tc, total_steps, tc.lr)
         if self.critic is not None:
             self.critic_optimizer = create_optimizer_v2(
@@ -117,14 +119,14 @@ class QTAgent(Agent):
         actions against Monte-Carlo returns, L_Q's gradient against L_DT's); the update is the same.
         """
         tc = self.train_config
-        states = self.standardize(batch.observations)  # [B, K, obs]
-        next_states = self.standardize(batch.next_observations)  # [B, K, obs]
+        states, next_states = self.encode_batch(batch)  # features [B, K, F] (flat: standardised observations)
         actions, rtg, timesteps, mask = batch.actions, batch.rtg, batch.timesteps, batch.mask
         metrics: dict[str, Tensor] = {}
 
         # 1. Critic: targets from the preset's backup, bootstrapped through the EMA policy (eval mode).
         if self.critic is not None:
             assert self.backup is not None
+            critic_states, critic_next = self.critic_inputs(states), next_states
             with torch.no_grad(), self.autocast():
                 if self.backup.needs_next_values:
                     bootstrap_actions = None
@@ -132,12 +134,13 @@ class QTAgent(Agent):
                         # actions only: the GPT policy then skips its next-state outputs (same actions)
                         only_actions = {"predict_next": False} if self.ema_policy.supports_last_only else {}
                         bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask, **only_actions)[0].float()
-                    next_values, next_valid = self.critic.bootstrap(states, next_states, bootstrap_actions, mask)
+                    next_values, next_valid = self.critic.bootstrap(critic_states, critic_next, bootstrap_actions,
+                                                                    mask)
                 else:  # e.g. Monte-Carlo targets: no bootstrap, no EMA forward pass
                     next_values, next_valid = torch.zeros_like(batch.rewards), mask
                 targets, valid = self.backup(batch, next_values.float(), next_valid)  # [B, K] each
             with self.autocast():
-                critic_loss, critic_metrics = self.critic.loss(states, actions, targets, valid, batch=batch)
+                critic_loss, critic_metrics = self.critic.loss(critic_states, actions, targets, valid, batch=batch)
             critic_clip = tc.grad_clip if tc.critic_grad_clip == "grad_clip" else tc.critic_grad_clip
             self.step_optimizer(self.critic_optimizer, self.critic_scheduler, critic_loss, self.critic.parameters(),
                                 critic_clip, "critic")
@@ -145,7 +148,8 @@ class QTAgent(Agent):
             metrics["target_valid_frac"] = valid.float().mean()
             if diagnose:
                 with torch.no_grad():
-                    metrics.update(value_diagnostics(q_at_data(self.critic, states, actions), batch.returns, mask))
+                    metrics.update(value_diagnostics(q_at_data(self.critic, critic_states, actions), batch.returns,
+                                                     mask))
 
         # 2. Policy: behaviour cloning (+ next-state prediction) + eta * normalised Q term.
         with self.autocast():
@@ -156,7 +160,7 @@ class QTAgent(Agent):
                 trainable = [p for p in self.critic.parameters() if p.requires_grad]  # not the target copy
                 for p in trainable:
                     p.requires_grad_(False)  # L_Q's gradient reaches the policy only
-                q = self._critic_forward(states, predicted)  # [E, B, K]
+                q = self._critic_forward(critic_states, predicted)  # [E, B, K]
                 for p in trainable:
                     p.requires_grad_(True)
                 members = torch.randperm(q.shape[0], generator=self.generator)
@@ -167,8 +171,8 @@ class QTAgent(Agent):
                     metrics.update(gradient_balance(loss, q_term, self.policy.parameters()))
                 loss = loss + q_term
                 metrics["q_loss"] = q_loss.detach()
-        self.step_optimizer(self.policy_optimizer, self.policy_scheduler, loss, self.policy.parameters(),
-                            tc.grad_clip, "policy")
+        self.step_optimizer(self.policy_optimizer, self.policy_scheduler, loss,
+                            self.with_encoder(self.policy, self.encoder).parameters(), tc.grad_clip, "policy")
         metrics.update(policy_metrics)
         metrics["policy_loss"] = loss.detach()
 

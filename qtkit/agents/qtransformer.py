@@ -20,6 +20,7 @@ from qtkit.agents.diagnostics import q_at_data, value_diagnostics
 from qtkit.backups.base import Backup
 from qtkit.critics.base import AutoregressiveCritic, Critic
 from qtkit.data.batch import Batch
+from qtkit.encoders import Encoder
 from qtkit.errors import ConfigError
 from qtkit.params import NonNegativeFloat, PositiveFloat, PositiveInt
 from qtkit.policies.base import CriticPolicy, Policy
@@ -48,23 +49,27 @@ class QTransformerAgent(Agent):
     critic: AutoregressiveCritic
 
     def __init__(self, config: dict[str, Any], policy: Policy, critic: Critic | None = None,
-                 backup: Backup | None = None, sampler: Sampler | None = None) -> None:
+                 backup: Backup | None = None, sampler: Sampler | None = None, encoder: Encoder | None = None) -> None:
         if not isinstance(critic, AutoregressiveCritic):
             raise ConfigError(
                 f"preset {config.get('name')!r}: agent 'qtransformer' needs an autoregressive critic with "
                 f"greedy() (critic 'ar-q'), got {type(critic).__name__ if critic is not None else 'none'}."
             )
-        super().__init__(config, policy, critic, backup, sampler)
+        super().__init__(config, policy, critic, backup, sampler, encoder)
         if isinstance(policy, CriticPolicy):
             policy.attach(critic)
         self._critic_loss: Any = critic.loss  # torch.compile'd when train.compile (compile_modules)
+
+    #: the critic is this family's learner, so the shared encoder learns from the critic's loss
+    encoder_learns_from_critic = True
 
     def make_optimizers(self, total_steps: int) -> None:
         from timm.optim import create_optimizer_v2
 
         tc = self.train_config
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}  # one kernel per step
-        self.critic_optimizer = create_optimizer_v2(self.critic.net, opt=tc.optimizer, lr=tc.lr,
+        # the critic is the learner: its optimiser also trains the encoder (if it has weights)
+        self.critic_optimizer = create_optimizer_v2(self.with_encoder(self.critic.net, self.encoder), opt=tc.optimizer, lr=tc.lr,
                                                     weight_decay=tc.weight_decay,
                                                     filter_bias_and_bn=not tc.decay_all_parameters, **fused)
         self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.lr)
@@ -82,8 +87,7 @@ class QTransformerAgent(Agent):
         """
         tc = self.train_config
         assert self.backup is not None
-        states = self.standardize(batch.observations)  # [B, K, obs]
-        next_states = self.standardize(batch.next_observations)
+        states, next_states = self.encode_batch(batch)  # features [B, K, F] (flat: standardised observations)
 
         # 1. Last-dimension targets: the backup bootstrapped with max_b Q̄_1(s', b) (every step has s').
         with torch.no_grad(), self.autocast():
@@ -93,8 +97,8 @@ class QTransformerAgent(Agent):
         # 2. Critic: per-dimension TD (+ Monte-Carlo lower bound) + conservative term, then polyak.
         with self.autocast():
             loss, metrics = self._critic_loss(states, batch.actions, targets, valid, batch=batch)
-        self.step_optimizer(self.critic_optimizer, self.critic_scheduler, loss, self.critic.parameters(),
-                            tc.grad_clip, "critic")
+        self.step_optimizer(self.critic_optimizer, self.critic_scheduler, loss,
+                            self.with_encoder(self.critic, self.encoder).parameters(), tc.grad_clip, "critic")
         self.step += 1
         self.critic.update_target(tc.tau)
         metrics["target_valid_frac"] = valid.float().mean()
