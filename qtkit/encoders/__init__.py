@@ -4,6 +4,9 @@
 """
 
 from qtkit.encoders.base import Encoder
+from qtkit.encoders.conv import ConvEncoder
 from qtkit.encoders.flat import FlatEncoder
+from qtkit.encoders.image import ImageEncoder
+from qtkit.encoders.timm import TimmEncoder
 
-__all__ = ["Encoder", "FlatEncoder"]
+__all__ = ["ConvEncoder", "Encoder", "FlatEncoder", "ImageEncoder", "TimmEncoder"]

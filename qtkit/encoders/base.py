@@ -39,9 +39,8 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, observations: Tensor) -> Tensor:
         """``observations [..., *obs_shape]`` (uint8 or float) -> ``features [..., out_dim]`` float32."""
 
-    def flatten_leading(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        """``[..., *obs_shape]`` -> (``[N, *obs_shape]``, the leading shape) for encoders that take one batch
-        dimension; undo with ``features.reshape(*leading, out_dim)``."""
+    def check_shape(self, observations: Tensor) -> None:
+        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``observations`` end in ``obs_shape``."""
         n = len(self.obs_shape)
         if tuple(observations.shape[-n:]) != tuple(self.obs_shape):
             from qtkit.errors import ShapeMismatchError
@@ -50,5 +49,10 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
                 f"encoder {type(self).__name__}: observations end in {tuple(observations.shape[-n:])}, expected "
                 f"{tuple(self.obs_shape)} (one observation's shape)."
             )
-        leading = tuple(observations.shape[:-n])
+
+    def flatten_leading(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """``[..., *obs_shape]`` -> (``[N, *obs_shape]``, the leading shape) for encoders that take one batch
+        dimension; undo with ``features.reshape(*leading, out_dim)``. A wrong shape raises ``ShapeMismatchError``."""
+        self.check_shape(observations)
+        leading = tuple(observations.shape[: -len(self.obs_shape)])
         return observations.reshape(-1, *self.obs_shape), leading

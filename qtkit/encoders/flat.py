@@ -20,4 +20,5 @@ class FlatEncoder(Encoder):
         self.out_dim = int(obs_dim)
 
     def forward(self, observations: Tensor) -> Tensor:
+        self.check_shape(observations)  # shapes only: no copy, no device sync
         return observations
