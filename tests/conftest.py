@@ -30,6 +30,7 @@ torch.set_num_threads(int(os.environ.get("QTKIT_TEST_THREADS", "1")))
 #: The shapes and training values every component contract test builds with.
 CONTEXT: dict[str, Any] = {
     "obs_dim": 5,
+    "obs_shape": (5,),
     "act_dim": 3,
     "action_low": [-1.0, -2.0, 0.0],
     "action_high": [1.0, 2.0, 1.0],

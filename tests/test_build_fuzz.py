@@ -23,15 +23,22 @@ from qtkit.errors import ConfigError
 from qtkit.params import range_problem
 from qtkit.registry import get_component
 
-PRESETS = ["dt-gpt", "qt-gpt-nstep", "qt-gpt-arq", "qtransformer", "qt-maze2d"]
+PRESETS = ["dt-gpt", "qt-gpt-nstep", "qt-gpt-arq", "qtransformer", "qt-maze2d", "qt-gpt-pixels", "qtransformer-pixels"]
+
+
+def shapes(preset: str) -> dict[str, Any]:
+    """Shapes to build ``preset`` with: 16x16 RGB frames for the pixel presets, 3-vectors otherwise."""
+    if preset.endswith("-pixels"):
+        return {"obs_dim": 16 * 16 * 3, "obs_shape": [16, 16, 3], "act_dim": 2}
+    return {"obs_dim": 3, "act_dim": 2}
 
 
 def _settable() -> list[tuple[str, tuple[str, ...], Any]]:
     """``(preset, key path, annotation)`` for every slot parameter and train field of the presets."""
     out = []
     for preset in PRESETS:
-        config = qtkit.build(preset, obs_dim=3, act_dim=2).config
-        for slot in ("backbone", "policy", "critic", "backup", "sampler"):
+        config = qtkit.build(preset, **shapes(preset)).config
+        for slot in ("encoder", "backbone", "policy", "critic", "backup", "sampler"):
             if config[slot] is None:
                 continue
             entry = get_component(slot, config[slot]["type"])
@@ -103,7 +110,7 @@ def _override(path: tuple[str, ...], value: Any) -> dict[str, Any]:
 
 def test_the_fuzzed_parameters_cover_slots_and_train() -> None:
     sections = {path[0] for _, path, _ in SETTABLE}
-    assert sections == {"backbone", "policy", "critic", "backup", "sampler", "train"}
+    assert sections == {"encoder", "backbone", "policy", "critic", "backup", "sampler", "train"}
     assert len(SETTABLE) > 150
 
 
@@ -112,7 +119,7 @@ def test_wrong_values_raise_a_config_error_naming_the_parameter(data: st.DataObj
     preset, path, annotation = data.draw(st.sampled_from(SETTABLE), label="parameter")
     value = data.draw(ANY_VALUE.filter(lambda v: wrong_for(annotation, v)), label="value")
     with pytest.raises(ConfigError) as info:
-        qtkit.build(preset, obs_dim=3, act_dim=2, **_override(path, value))
+        qtkit.build(preset, **shapes(preset), **_override(path, value))
     assert repr(path[1]) in str(info.value)
 
 

@@ -19,6 +19,7 @@ import torch
 
 import qtkit
 from qtkit.agents.base import Agent
+from qtkit.config import load_preset, resolve_config
 from qtkit.data import TrajectoryDataset
 from qtkit.registry import get_component, register, unregister
 from tests.conftest import tiny
@@ -29,7 +30,7 @@ FAMILIES = qtkit.list_components("agent")
 def preset_of(family: str) -> str:
     """The first built-in preset of ``family``, one with a critic where the family has one (every family has
     a preset: checked below)."""
-    configs = [qtkit.build(name, obs_dim=1, act_dim=1).config for name in qtkit.list_presets()]
+    configs = [resolve_config(load_preset(name)) for name in qtkit.list_presets()]
     mine = sorted((c["critic"] is None, c["name"]) for c in configs if c["agent"] == family)
     assert mine, f"agent family {family!r} has no preset in registry.yaml"
     return mine[0][1]
