@@ -27,6 +27,8 @@ Headless rendering: the OpenGL backend is ``$MUJOCO_GL`` when set (egl, osmesa, 
 without ``$DISPLAY``, else GLFW. The context is made here, not through ``mujoco.Renderer``, because mujoco
 picks the backend of ``mujoco.Renderer`` once, when it is first imported (gymnasium-robotics imports it
 before qtkit can set ``MUJOCO_GL``). :func:`rendering_unavailable` says why rendering cannot work here.
+Triton (torch.compile's compiler) is loaded before the first context: imported after Mesa's software
+renderer it segfaults (both bundle LLVM).
 """
 
 from __future__ import annotations
@@ -70,7 +72,27 @@ def gl_backend() -> str:
     return "egl" if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") else "glfw"
 
 
+_PRELOADED = False
+
+
+def _preload_triton() -> None:
+    """Load triton's native library (when installed) before the first OpenGL context. Mesa's software
+    renderer (llvmpipe, what EGL gives on a machine without a GPU driver) loads the system's libLLVM; importing
+    triton's own LLVM after that crashes the process (segfault in ``import triton._C.libtriton``: measured here
+    with torch.compile and with stable-baselines3 after a frame was rendered), while the other order works."""
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    _PRELOADED = True
+    import importlib.util
+
+    with contextlib.suppress(Exception):
+        if importlib.util.find_spec("triton") is not None:
+            import triton._C.libtriton  # noqa: F401
+
+
 def _gl_context_class() -> Any:
+    _preload_triton()
     backend = gl_backend()
     if backend == "egl":
         from mujoco.egl import GLContext
