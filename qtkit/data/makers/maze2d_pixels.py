@@ -12,10 +12,11 @@ the frames show only what the evaluation env shows). A frame depends on the posi
 evaluation env renders the same frame for the same state.
 
 Storage: observations ``Box(0, 255, (64, 64, 3), uint8)``, ``[T+1, 64, 64, 3]`` per episode, written raw
-(not JPEG) by :mod:`qtkit.data.makers.writer`; about 12.3 kB a frame on disk (hdf5, uncompressed), so
-~123 MB per 10k steps and ~1.2 GB for the default 100k. Speed on one core: the state run ~4k steps/s,
-the rendering ~400-600 frames/s (MuJoCo's renderer, EGL headless, no shadows), so 100k steps take a few
-minutes. ``ref_min_score`` / ``ref_max_score``: the state maker's (same evaluation task, same seeds:
+(not JPEG) by :mod:`qtkit.data.makers.writer`: 12.5 kB a step on disk (hdf5, uncompressed; measured 377 MB
+for 30k umaze steps), so ~126 MB per 10k steps and ~1.26 GB for the default 100k (and as much memory while
+making). Speed, measured on one core (``taskset -c 0``, shared machine, Mesa llvmpipe EGL): the state run
+~39k steps/s, the rendering ~400 frames/s, the whole make ~370 steps/s (30k steps in 81 s), so the
+default 100k steps take ~4.5 minutes. ``ref_min_score`` / ``ref_max_score``: the state maker's (same evaluation task, same seeds:
 random policy and noise-free planner on ``qtkit/Maze2D-<Maze>-v0``), not re-measured on pixels.
 """
 
