@@ -19,11 +19,17 @@ Makers:
   goals in one continuous run cut at D4RL's timeouts (150 / 300 / 600 / 800 steps), rewards for ONE
   fixed target cell (sparse: within 0.5; dense: exp(-distance)), evaluation env ``qtkit/Maze2D-*-v0``.
   Default sizes D4RL's (1M / 1M / 2M / 4M steps).
+- ``maze2d-{umaze,medium}[-dense]-pixels``: the same maze2d data (same actions, rewards, episodes and
+  reference scores as the state maker with the same arguments) with 64x64 RGB top-view frames (uint8,
+  stored raw: ~123 MB per 10k steps) as observations, rendered by MuJoCo (EGL headless); evaluation env
+  ``qtkit/Maze2D-*-Pixels-v0`` renders the same way. Default 100k / 200k steps.
 - ``pointmaze-{umaze,medium,large}-{sparse,dense}``: goal-conditioned PointMaze v3 data (desired_goal
   in the observation, reward relative to the moving goal): the same noisy planner, one continuous run
   with goals resampled on arrival, cut into fixed-length truncated episodes. Imitation alone reaches
   the goal here, no stitching is needed. 100k umaze steps take ~25 s.
 - ``{hopper,halfcheetah,walker2d}-random``: uniform-random policy in the MuJoCo -v5 env.
+- ``hopper-random-pixels``: ``hopper-random`` with 64x64 RGB frames of a camera tracking the torso;
+  evaluation env ``qtkit/Hopper-Pixels-v0``.
 - ``{hopper,halfcheetah,walker2d}-medium-replay`` / ``-medium``: an online SAC run (stable-baselines3,
   ``pip install 'qtkit[makers]'``) stopped at the medium level: all it collected / rollouts of its
   final stochastic policy. Slow: ~15 min per 100k SAC steps on 2 idle cores.
@@ -40,7 +46,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from qtkit.data.makers import maze2d, mujoco_random, pointmaze, sac
+from qtkit.data.makers import maze2d, maze2d_pixels, mujoco_pixels, mujoco_random, pixels, pointmaze, sac
 from qtkit.data.makers.common import Made
 from qtkit.data.makers.writer import (
     NAMESPACE,
@@ -161,6 +167,16 @@ def _registry() -> dict[str, Maker]:
                 default_steps=spec.default_steps, build=partial(maze2d.make_maze2d, maze, reward),
                 default_noise=maze2d.DEFAULT_NOISE,
             ))
+    for maze, default_steps in maze2d_pixels.DEFAULT_STEPS.items():
+        spec = maze2d.MAZES[maze]
+        for reward in ("sparse", "dense"):
+            makers.append(Maker(
+                name=f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}-pixels",
+                summary=f"maze2d-{maze}{'-dense' if reward == 'dense' else ''} with 64x64 RGB top-view frames as "
+                        f"obs (uint8, ~12 kB/step on disk); eval env {pixels.maze2d_pixels_env_id(maze, reward)}",
+                default_steps=default_steps, build=partial(maze2d_pixels.make_maze2d_pixels, maze, reward),
+                default_noise=maze2d.DEFAULT_NOISE,
+            ))
     for maze in pointmaze.MAZES:
         for reward in ("sparse", "dense"):
             env_id = pointmaze.pointmaze_env_id(maze, reward)
@@ -175,6 +191,12 @@ def _registry() -> dict[str, Maker]:
         makers.append(Maker(name=f"{task}-random", summary=f"{env_id}: uniform-random policy",
                             default_steps=mujoco_random.DEFAULT_STEPS,
                             build=partial(mujoco_random.make_mujoco_random, task)))
+    for task in pixels.MUJOCO_TASKS:
+        makers.append(Maker(name=f"{task}-random-pixels",
+                            summary=f"{mujoco_random.TASKS[task]}: uniform-random policy, 64x64 RGB frames of a camera "
+                                    f"tracking the torso as obs; eval env {pixels.hopper_pixels_env_id(task)}",
+                            default_steps=mujoco_pixels.DEFAULT_STEPS,
+                            build=partial(mujoco_pixels.make_mujoco_random_pixels, task)))
     for task, env_id in mujoco_random.TASKS.items():
         makers.append(Maker(
             name=f"{task}-medium-replay",

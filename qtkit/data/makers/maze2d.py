@@ -115,13 +115,17 @@ def maze2d_env_id(maze: str, reward: str) -> str:
 
 
 def register_maze2d_envs() -> None:
-    """Register the evaluation envs ``qtkit/Maze2D-*-v0`` with gymnasium (idempotent)."""
+    """Register the evaluation envs ``qtkit/Maze2D-*-v0`` with gymnasium (idempotent), and the pixel ones
+    (``qtkit/Maze2D-*-Pixels-v0``, ``qtkit/Hopper-Pixels-v0``: :func:`qtkit.data.makers.pixels.register_pixel_envs`)."""
     for maze, spec in MAZES.items():
         for reward in REWARDS:
             env_id = maze2d_env_id(maze, reward)
             if env_id not in gym.registry:
                 gym.register(id=env_id, entry_point=ENTRY_POINT, max_episode_steps=spec.horizon,
                              kwargs={"maze": maze, "reward_type": reward})
+    from qtkit.data.makers.pixels import register_pixel_envs
+
+    register_pixel_envs()
 
 
 def target_rewards(xy: np.ndarray, target: np.ndarray, reward: str) -> np.ndarray:

@@ -248,6 +248,7 @@ def write_minari_dataset(
                 description=description,
                 data_format="hdf5",
                 requirements=requirements,
+                **_lossless_images(),
             )
             dataset.storage.update_metadata(metadata)
         _ensure_namespace(dataset_id)
@@ -264,6 +265,18 @@ def write_minari_dataset(
                 os.replace(old_aside, final)
             raise
     return final
+
+
+def _lossless_images() -> dict[str, Any]:
+    """``jpeg_encoding=False`` where minari has it (0.5.4+ JPEG-encodes image observation spaces, uint8
+    ``[H>=32, W>=32, (C)]`` in [0, 255], by default: lossy, so frames would differ from what the evaluation env
+    renders). Made pixel datasets store the raw frames."""
+    import inspect
+
+    import minari
+
+    params = inspect.signature(minari.create_dataset_from_buffers).parameters
+    return {"jpeg_encoding": False} if "jpeg_encoding" in params else {}
 
 
 def _umask_modes(folder: Path) -> None:
