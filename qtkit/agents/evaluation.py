@@ -116,7 +116,7 @@ def _env_factory(env: Any, agent: Agent | None) -> tuple[Callable[[], Any] | Non
             )
     if isinstance(env, str):
         spec: Any = env
-        if "gymnasium_robotics" in env or "Maze" in env:
+        if "gymnasium_robotics" in env or "Maze" in env or "qtkit/" in env:
             from qtkit.data.loading import register_robotics_envs
 
             register_robotics_envs()  # quietly, before gym.make imports it
