@@ -88,7 +88,8 @@ __all__ = ["DEFAULT_GAMMA", "Episode", "TrajectoryDataset"]
 class Episode:
     """One episode of T steps (numpy arrays; views into the dataset when read from one).
 
-    observations  [T+1, obs]  o_0 .. o_T, flattened, the final observation kept
+    observations  [T+1, obs]  o_0 .. o_T, flattened, the final observation kept (images: uint8
+                              [T+1, H, W, C]; read from the file for a lazy dataset)
     actions       [T, act]    a_t
     rewards       [T]         r_t
     terminations  [T] bool    True at the last step if the MDP terminated there (no bootstrap)

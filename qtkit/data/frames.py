@@ -171,11 +171,14 @@ def memmap_npz_member(path: str | Path, key: str) -> np.memmap | None:
 def npz_member_header(path: str | Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
     """``(shape, dtype)`` of array ``key`` of an ``.npz`` (compressed or not), read from its header only."""
     name = key if key.endswith(".npy") else f"{key}.npy"
-    with zipfile.ZipFile(path) as zf:
-        if name not in zf.namelist():
-            return None
-        with zf.open(name) as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if name not in zf.namelist():
+                return None
+            with zf.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # the ordinary reader reports what is wrong with the file
     return tuple(int(s) for s in shape), np.dtype(dtype)
