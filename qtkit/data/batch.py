@@ -13,9 +13,12 @@ from torch import Tensor
 class Batch:
     """A batch of B windows of K steps. Padded positions (``mask`` False) hold zeros.
 
-    observations       [B, K, obs]  raw (unstandardised) observation o_t, flattened
+    observations       [B, K, obs]  raw (unstandardised) observation o_t, flattened, float32;
+                                    image datasets: uint8 [B, K, H, W, C] (the encoder scales
+                                    them to float on the device; ``to`` keeps the dtype)
     next_observations  [B, K, obs]  o_{t+1}, the observation after step t (exists for every
-                                    valid step: episodes keep their final observation)
+                                    valid step: episodes keep their final observation); uint8
+                                    [B, K, H, W, C] for images
     actions            [B, K, act]  a_t
     rewards            [B, K]       r_t
     rtg                [B, K]       undiscounted return-to-go sum_{k>=t} r_k, divided by rtg_scale

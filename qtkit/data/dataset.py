@@ -14,9 +14,34 @@ and stored as float32, raw (unstandardised); ``obs_mean``/``obs_std`` are there 
 A termination or truncation may only be set on the last step of an episode; an episode whose
 last step has neither flag is marked truncated (the data was cut).
 
+Image observations (an observation space ``Box(0, 255, (H, W, C), uint8)``, a Dict with such an image
+part chosen by ``observation_key`` (``{"pixels"}`` alone needs none), or observations given as a uint8
+array ``[N + E, H, W, C]``) are kept uint8 with their shape: ``observations [N + E, H, W, C]`` uint8,
+never copied to floats (a given uint8 array is not copied at all), ``is_image`` True, ``obs_shape`` ``(H,
+W, C)``, ``obs_dim`` ``H * W * C``. Windows are uint8 ``[B, K, H, W, C]`` (padding zeros) and stay uint8
+on the device: the encoder (``qtkit.encoders``) divides by 255. Images are not standardised:
+``obs_mean``/``obs_std`` are zeros/ones ``[H * W * C]`` (no pass over the frames). Mixing an image with
+vector parts (``{"pixels", "state"}``) is not supported yet: pick the image with ``observation_key``.
+
+Lazy frames (image datasets only): ``qtkit.data.load_dataset(spec, lazy=True)`` leaves the frames in
+their file and windows read only the rows they need (``is_lazy``, ``frames_storage``):
+
+- Minari (hdf5 backend): each episode's ``observations`` h5py dataset, the file kept open;
+- D4RL-style HDF5: the file's ``observations``/``next_observations`` h5py datasets;
+- npz written uncompressed (``to_npz(compress=False)``, the default): the members are memory-mapped
+  (a compressed npz cannot be lazy: ``DataError``).
+
+``lazy=None`` (the default) is lazy when the frames exceed ``qtkit.data.loading.LAZY_FRAMES_BYTES`` (2
+GiB), ``lazy=False`` reads them into memory; vector data is always read. Actions, rewards, flags and the
+statistics are always in memory (small). A lazy dataset holds an open file: it is read-only and
+cheap to open, but give each process its own (open it after a fork). ``observations`` is then a
+:class:`qtkit.data.frames.LazyFrames` (index it to read rows; ``numpy.asarray`` reads them all, as
+``to_npz`` does).
+
 The jobs live in their own modules: input checks in ``qtkit.data.validation``, the precomputed
 statistics in ``qtkit.data.statistics``, window sampling in ``qtkit.data.windows``, writing npz in
-``qtkit.data.serialization`` (reading in ``qtkit.data.loading``).
+``qtkit.data.serialization`` (reading in ``qtkit.data.loading``), image frames in memory or in a
+file in ``qtkit.data.frames``.
 """
 
 from __future__ import annotations
@@ -34,11 +59,12 @@ import torch
 from qtkit.data import statistics
 from qtkit.data.batch import Batch
 from qtkit.data.serialization import write_npz
-from qtkit.data.spaces import flatten_observation
+from qtkit.data.spaces import flatten_observation, image_key, image_shape
 from qtkit.data.validation import (
     as_1d,
     as_2d,
     as_flags,
+    as_frames,
     check_action_space,
     check_episode,
     check_episode_ids,
@@ -62,7 +88,8 @@ __all__ = ["DEFAULT_GAMMA", "Episode", "TrajectoryDataset"]
 class Episode:
     """One episode of T steps (numpy arrays; views into the dataset when read from one).
 
-    observations  [T+1, obs]  o_0 .. o_T, flattened, the final observation kept
+    observations  [T+1, obs]  o_0 .. o_T, flattened, the final observation kept (images: uint8
+                              [T+1, H, W, C]; read from the file for a lazy dataset)
     actions       [T, act]    a_t
     rewards       [T]         r_t
     terminations  [T] bool    True at the last step if the MDP terminated there (no bootstrap)
@@ -89,6 +116,54 @@ class Episode:
     def episode_return(self) -> float:
         """Undiscounted return, sum of the rewards."""
         return float(np.sum(self.rewards, dtype=np.float64))
+
+
+def _image_shape_of(observation_space: Any, observations: Any) -> tuple[int, ...] | None:
+    """``(H, W, C)`` for image data: an image observation space (uint8 Box of rank 3, :func:`image_shape`), or no
+    space and uint8 observations of rank 4 (or lazy frames); else None (vector data)."""
+    if observation_space is not None:
+        return image_shape(observation_space)
+    from qtkit.data.frames import LazyFrames
+
+    if isinstance(observations, LazyFrames) or type(observations).__module__.startswith("h5py"):
+        return tuple(int(v) for v in observations.shape[1:])
+    dtype = getattr(observations, "dtype", None)
+    if dtype is not None and np.dtype(dtype) == np.uint8 and getattr(observations, "ndim", 0) == 4:
+        return tuple(int(v) for v in observations.shape[1:])
+    return None
+
+
+def _select_image_key(observation_space: Any, first_obs: Any, observation_key: str | None) -> str | None:
+    """The Dict key whose image part a dataset keeps (None: not a Dict of images); :class:`DataError` for a Dict
+    mixing an image with other keys unless ``observation_key`` picks one."""
+    from gymnasium import spaces
+
+    if isinstance(observation_space, spaces.Dict):
+        keys = list(observation_space.spaces)
+        if observation_key is not None:
+            if observation_key not in keys or image_shape(observation_space.spaces[observation_key]) is None:
+                raise DataError(
+                    f"observation_key={observation_key!r} is not an image part (uint8 Box [H, W, C]) of the "
+                    f"observation space {observation_space}."
+                )
+            return observation_key
+        key = image_key(observation_space)
+        if key is None:
+            return None
+        if len(keys) == 1:
+            return key
+        others = [k for k in keys if k != key]
+        raise DataError(
+            f"the observation space is a Dict of an image {key!r} and {others}; qtkit does not support mixing image "
+            f"frames with other observation parts yet (the {others} part would need its own encoder). Pass "
+            f"observation_key={key!r} (load_dataset(..., observation_key={key!r})) to keep only the frames and drop "
+            f"{others}."
+        )
+    if observation_key is not None:
+        if isinstance(first_obs, Mapping) and observation_key in first_obs:
+            return observation_key
+        raise DataError(f"observation_key={observation_key!r} but the observations are not a dict with that key.")
+    return None
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -139,7 +214,15 @@ class TrajectoryDataset:
 
         lengths = check_episode_lengths(episode_lengths, name)
         E = len(lengths)
-        obs = as_2d("observations", observations, f" of {name}")
+        self._image_shape = _image_shape_of(observation_space, observations)
+        if self._image_shape is not None:
+            # image frames: uint8 [N + E, H, W, C], not copied (a memmap stays mapped, LazyFrames stay in the file)
+            obs = as_frames(observations, self._image_shape, f" of {name}")
+            if isinstance(obs, np.ndarray):
+                obs = _readonly(obs.view())
+            self._image_shape = tuple(int(v) for v in obs.shape[1:])
+        else:
+            obs = as_2d("observations", observations, f" of {name}")
         act = as_2d("actions", actions, f" of {name}")
         rew = as_1d("rewards", rewards, f" of {name}")
         term = as_flags("terminations", terminations, f" of {name}")
@@ -154,7 +237,8 @@ class TrajectoryDataset:
         self._offsets = _readonly(offsets)
         self._lengths = _readonly(lengths)
 
-        check_observation_space(observation_space, obs.shape[1], name)
+        obs_dim = int(np.prod(obs.shape[1:], dtype=np.int64))
+        check_observation_space(observation_space, obs_dim, name)
         self._observation_space = observation_space
 
         check_finite(obs, act, rew, offsets, obs_offsets, lengths, ids, observation_space, name)
@@ -170,7 +254,10 @@ class TrajectoryDataset:
         rtg = statistics.return_to_go(r64, lengths, offsets)
         self._episode_returns = _readonly(statistics.episode_returns(r64, offsets))
         self._timesteps = _readonly(statistics.timesteps(lengths, offsets))
-        obs_mean, obs_std = statistics.observation_stats(obs, obs_offsets)
+        if self._image_shape is None:
+            obs_mean, obs_std = statistics.observation_stats(obs, obs_offsets)
+        else:  # images are not standardised (the encoder scales uint8 by 1/255): identity statistics
+            obs_mean, obs_std = np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32)
         self._obs_mean = _readonly(obs_mean)
         self._obs_std = _readonly(obs_std)
 
@@ -180,7 +267,8 @@ class TrajectoryDataset:
             out[:-1] = arr
             return _readonly(out)
 
-        self._obs = padded(obs, np.float32)
+        # images: no padding row (that would copy every frame); windows fill padded positions with zeros
+        self._obs = padded(obs, np.float32) if self._image_shape is None else obs
         self._act = padded(act, np.float32)
         self._rew = padded(rew, np.float32)
         self._rtg = padded(rtg, np.float32)
@@ -207,6 +295,7 @@ class TrajectoryDataset:
         action_space: Any = None,
         metadata: Mapping[str, Any] | None = None,
         gamma: float = DEFAULT_GAMMA,
+        observation_key: str | None = None,
     ) -> TrajectoryDataset:
         """Build a dataset from in-memory episodes.
 
@@ -215,12 +304,22 @@ class TrajectoryDataset:
         ``rewards [T]`` and optionally ``terminations``/``truncations`` ``[T]`` (aliases ``terminals``/
         ``timeouts``; missing means False) and ``id``. Dict observations are flattened with
         ``observation_space`` (inferred from the arrays, keys sorted as gymnasium does, when None).
+
+        Images (an image Box space, or uint8 ``[T+1, H, W, C]`` arrays) are kept uint8. A Dict space with an
+        image part: a Dict of that image alone (e.g. ``{"pixels"}``) is read as the image; with other keys
+        too (``{"pixels", "state"}``) pass ``observation_key="pixels"`` to keep only the frames (mixing an image
+        with vector parts is not supported yet). The key is recorded as ``metadata["observation_key"]``.
         """
         eps = list(episodes)
         if not eps:
             raise DataError("from_episodes got no episodes; a dataset needs at least one episode of one step.")
         first_obs = get_field(eps[0], ("observations",), 0)
-        if observation_space is None and isinstance(first_obs, Mapping):
+        key = _select_image_key(observation_space, first_obs, observation_key)
+        if key is not None:
+            if observation_space is not None:
+                observation_space = observation_space.spaces[key]
+            metadata = {**dict(metadata or {}), "observation_key": key}
+        if observation_space is None and key is None and isinstance(first_obs, Mapping):
             from gymnasium import spaces
 
             observation_space = spaces.Dict({
@@ -231,7 +330,14 @@ class TrajectoryDataset:
         for i, ep in enumerate(eps):
             where = f" of episode {i}"
             raw_obs = get_field(ep, ("observations",), i)
-            if observation_space is not None:
+            if key is not None:
+                if not isinstance(raw_obs, Mapping) or key not in raw_obs:
+                    raise DataError(f"episode {i}: observations have no key {key!r} (the image part).")
+                raw_obs = raw_obs[key]
+            image = _image_shape_of(observation_space, raw_obs) if not isinstance(raw_obs, Mapping) else None
+            if image is not None:
+                obs = as_frames(raw_obs, image, where)
+            elif observation_space is not None:
                 try:
                     obs = flatten_observation(observation_space, raw_obs)
                 except DataError as e:
@@ -247,8 +353,14 @@ class TrajectoryDataset:
             trunc = get_field(ep, ("truncations", "timeouts"), i, required=False)
             term = np.zeros(T, dtype=bool) if term is None else as_flags("terminations", term, where)
             trunc = np.zeros(T, dtype=bool) if trunc is None else as_flags("truncations", trunc, where)
-            columns = (obs_list[0].shape[1], act_list[0].shape[1]) if obs_list else None
-            check_episode(i, obs, act, rew, term, trunc, columns)
+            if image is not None and obs_list and obs.shape[1:] != obs_list[0].shape[1:]:
+                raise DataError(
+                    f"episode {i} has frames {tuple(obs.shape[1:])} but episode 0 has {tuple(obs_list[0].shape[1:])}; "
+                    "every episode must share the same spaces."
+                )
+            flat_obs = obs.reshape(len(obs), -1) if image is not None else obs
+            columns = (int(np.prod(obs_list[0].shape[1:])), act_list[0].shape[1]) if obs_list else None
+            check_episode(i, flat_obs, act, rew, term, trunc, columns)
             ep_id = get_field(ep, ("id",), i, required=False)
             obs_list.append(obs)
             act_list.append(act)
@@ -323,8 +435,33 @@ class TrajectoryDataset:
 
     @property
     def obs_dim(self) -> int:
-        """Width of a flattened observation."""
-        return int(self._obs.shape[1])
+        """Width of a flattened observation (``H * W * C`` for images)."""
+        return int(np.prod(self._obs.shape[1:], dtype=np.int64))
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """One observation's shape as stored: ``(H, W, C)`` for images, ``(obs_dim,)`` for vectors."""
+        return self._image_shape if self._image_shape is not None else (self.obs_dim,)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the observations are uint8 image frames ``[H, W, C]`` (see the module docstring)."""
+        return self._image_shape is not None
+
+    @property
+    def frames_storage(self) -> str:
+        """Where the observations live: ``"memory"``, or for lazy image datasets ``"hdf5"`` (an h5py dataset of
+        the source file) or ``"memmap"`` (a memory-mapped uncompressed npz member)."""
+        if self._image_shape is None:
+            return "memory"
+        from qtkit.data.frames import frames_storage
+
+        return frames_storage(self._obs)
+
+    @property
+    def is_lazy(self) -> bool:
+        """Whether the frames stay in a file and windows read only the rows they need."""
+        return self.frames_storage != "memory"
 
     @property
     def act_dim(self) -> int:
@@ -393,9 +530,13 @@ class TrajectoryDataset:
         return self._ids
 
     @property
-    def observations(self) -> np.ndarray:
-        """``[N + E, obs]`` float32, every episode's o_0 .. o_T (episode i from row offsets[i] + i)."""
-        return self._obs[:-1]
+    def observations(self) -> Any:
+        """``[N + E, obs]`` float32, every episode's o_0 .. o_T (episode i from row offsets[i] + i).
+
+        Images: uint8 ``[N + E, H, W, C]``, a read-only numpy array, or for a lazy dataset a
+        :class:`qtkit.data.frames.LazyFrames` (index it to read rows; ``numpy.asarray`` reads them all).
+        """
+        return self._obs if self._image_shape is not None else self._obs[:-1]
 
     @property
     def actions(self) -> np.ndarray:
@@ -434,7 +575,11 @@ class TrajectoryDataset:
 
     @property
     def obs_mean(self) -> np.ndarray:
-        """``[obs]`` float32 mean of the step observations o_0 .. o_{T-1} of every episode."""
+        """``[obs]`` float32 mean of the step observations o_0 .. o_{T-1} of every episode.
+
+        Images are not standardised (their encoder scales uint8 by 1/255): zeros (and :attr:`obs_std` ones),
+        ``[H*W*C]``, so that standardising is the identity and costs no pass over the frames.
+        """
         return self._obs_mean
 
     @property
@@ -464,7 +609,9 @@ class TrajectoryDataset:
     def __repr__(self) -> str:
         return (
             f"TrajectoryDataset({self.name!r}, episodes={self.num_episodes}, steps={self.num_steps}, "
-            f"obs_dim={self.obs_dim}, act_dim={self.act_dim}, gamma={self.gamma})"
+            f"obs_{'shape' if self.is_image else 'dim'}={self.obs_shape if self.is_image else self.obs_dim}, "
+            f"act_dim={self.act_dim}, gamma={self.gamma}"
+            + (f", frames={self.frames_storage}" if self.is_image else "") + ")"
         )
 
     # ----------------------------------------------------------------------------------- use
@@ -475,6 +622,26 @@ class TrajectoryDataset:
         (Dict spaces in their key order, e.g. achieved_goal, desired_goal, observation).
         """
         return flatten_observation(self.observation_space, obs)
+
+    def prepare_observation(self, obs: Any) -> np.ndarray:
+        """One env observation (or a vector env's batch) in the dataset's stored form.
+
+        Vectors: :meth:`flatten_observation` (float32 ``[..., obs]``). Images: uint8 ``[..., H, W, C]``; a
+        dict observation (e.g. ``{"pixels", "state"}``) gives its ``metadata["observation_key"]`` part.
+        """
+        if self._image_shape is None:
+            return self.flatten_observation(obs)
+        if hasattr(obs, "detach") and hasattr(obs, "cpu"):
+            obs = obs.detach().cpu().numpy()
+        if isinstance(obs, Mapping):
+            key = self.metadata.get("observation_key") or "pixels"
+            if key not in obs:
+                raise DataError(f"observation has keys {sorted(obs)}; the dataset's frames are key {key!r}.")
+            obs = obs[key]
+        arr = np.asarray(obs)
+        if tuple(arr.shape[-3:]) != self._image_shape:
+            raise DataError(f"observation has shape {arr.shape}; the dataset's frames are {self._image_shape}.")
+        return as_frames(arr.reshape(-1, *self._image_shape), self._image_shape, "").reshape(arr.shape)
 
     def normalized_score(self, returns: Any) -> Any:
         """D4RL normalised score ``100 (R - ref_min) / (ref_max - ref_min)`` (:func:`qtkit.data.normalized_score`)."""

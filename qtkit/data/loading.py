@@ -23,6 +23,12 @@ episode is ``next_observations[last row]`` when the file has ``next_observations
   file does not hold, is a copy of the last observation. It is never bootstrapped from (the
   episode terminated) but it is the ``next_observations`` target of that last step.
 
+Image observations (uint8 ``[H, W, C]``: a Box uint8 space, or a Dict whose image part is chosen with
+``observation_key``) are kept uint8. ``lazy`` (default None: automatic above
+:data:`LAZY_FRAMES_BYTES` of frames) leaves the frames in their file: Minari and D4RL HDF5 files as h5py
+datasets, an uncompressed npz as memory-mapped members; only the other arrays (actions, rewards, flags)
+are read. See :mod:`qtkit.data.dataset`.
+
 Files are only read, never modified.
 """
 
@@ -41,7 +47,10 @@ from qtkit.data.dataset import DEFAULT_GAMMA, TrajectoryDataset
 from qtkit.data.validation import as_numeric, first_bad_flag, first_nonfinite
 from qtkit.errors import DataError, did_you_mean
 
-__all__ = ["D4RL_KEYS", "load_dataset", "make_env_for"]
+__all__ = ["D4RL_KEYS", "LAZY_FRAMES_BYTES", "load_dataset", "make_env_for"]
+
+#: with ``lazy=None`` image frames larger than this (bytes) stay in their file (2 GiB)
+LAZY_FRAMES_BYTES = 2 << 30
 
 #: the keys a D4RL-style flat file must hold
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -59,6 +68,8 @@ def load_dataset(
     env_id: str | None = None,
     action_low: Any = None,
     action_high: Any = None,
+    lazy: bool | None = None,
+    observation_key: str | None = None,
 ) -> TrajectoryDataset:
     """Load an offline RL dataset as a :class:`TrajectoryDataset` (see the module docstring for specs).
 
@@ -66,6 +77,12 @@ def load_dataset(
     precomputed returns; ``download=True`` lets Minari download a missing dataset;
     ``ref_min_score``/``ref_max_score``/``env_id`` override what the source records;
     ``action_low``/``action_high`` (scalars or ``[act]``) override the action bounds.
+
+    Image data: ``lazy=True`` keeps the frames in the file (windows read only their rows), ``False`` reads
+    them into memory, None (default) is lazy when the frames exceed :data:`LAZY_FRAMES_BYTES`; vector data
+    is always read. A lazy npz must be uncompressed (``to_npz(compress=False)``): a compressed one is a
+    :class:`DataError` with ``lazy=True``. ``observation_key`` picks the image part of a Dict observation
+    space (e.g. ``"pixels"`` of ``{"pixels", "state"}``; the other parts are dropped).
     """
     overrides = {k: v for k, v in (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score),
                                    ("env_id", env_id)) if v is not None}
@@ -77,7 +94,8 @@ def load_dataset(
         if gamma is None and not overrides and action_low is None and action_high is None:
             return dataset
     elif isinstance(spec, str) and spec.startswith("minari:"):
-        dataset = _load_minari(spec[len("minari:"):].strip(), download=download, gamma=gamma)
+        dataset = _load_minari(spec[len("minari:"):].strip(), download=download, gamma=gamma, lazy=lazy,
+                               observation_key=observation_key)
     elif isinstance(spec, str | os.PathLike):
         path = Path(os.fspath(spec)).expanduser()
         if not path.exists():
@@ -88,7 +106,7 @@ def load_dataset(
                 "(Minari datasets are found by id in $MINARI_DATASETS_PATH)."
             )
         kind = _file_kind(path)
-        dataset = _load_hdf5(path, gamma) if kind == "hdf5" else _load_npz(path, gamma)
+        dataset = _load_hdf5(path, gamma, lazy) if kind == "hdf5" else _load_npz(path, gamma, lazy)
     else:
         raise TypeError(
             f"load_dataset takes 'minari:<id>', a path to an .hdf5/.npz file or a TrajectoryDataset, got "
@@ -152,39 +170,75 @@ def _scalar(value: Any) -> Any:
     return item
 
 
-def _load_hdf5(path: Path, gamma: float | None) -> TrajectoryDataset:
+def _want_lazy(lazy: bool | None, frame_bytes: int) -> bool:
+    """Whether image frames of ``frame_bytes`` stay in their file (``lazy`` None: above LAZY_FRAMES_BYTES)."""
+    return frame_bytes > LAZY_FRAMES_BYTES if lazy is None else bool(lazy)
+
+
+def _is_frames(shape: tuple[int, ...], dtype: Any) -> bool:
+    return len(shape) == 4 and np.dtype(dtype) == np.uint8
+
+
+def _load_hdf5(path: Path, gamma: float | None, lazy: bool | None = None) -> TrajectoryDataset:
     import h5py
 
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path}: cannot open as HDF5 ({e}).") from None
-    with f:
+    keep_open = False
+    try:
         present = sorted(f.keys())
-        arrays: dict[str, np.ndarray] = {}
+        frame_keys = [k for k in ("observations", "next_observations")
+                      if isinstance(f.get(k), h5py.Dataset) and _is_frames(f[k].shape, f[k].dtype)]
+        keep_open = "observations" in frame_keys and _want_lazy(lazy, int(f["observations"].nbytes))
+        arrays: dict[str, Any] = {}
         for key in (*D4RL_KEYS, "next_observations"):
             if key in f and isinstance(f[key], h5py.Dataset):
-                arrays[key] = f[key][()]
+                arrays[key] = f[key] if keep_open and key in frame_keys else f[key][()]
         extras: dict[str, Any] = {}
         for key in ("ref_min_score", "ref_max_score", "env_id"):
             if key in f.attrs:
                 extras[key] = _scalar(f.attrs[key])
             elif key in f and isinstance(f[key], h5py.Dataset) and f[key].size == 1:
                 extras[key] = _scalar(f[key][()])
-    return _from_flat(arrays, present, extras, path, "hdf5", gamma)
+        return _from_flat(arrays, present, extras, path, "hdf5", gamma, keep=[f] if keep_open else [])
+    except BaseException:
+        keep_open = False
+        raise
+    finally:
+        if not keep_open:
+            f.close()
 
 
-def _load_npz(path: Path, gamma: float | None) -> TrajectoryDataset:
+def _load_npz(path: Path, gamma: float | None, lazy: bool | None = None) -> TrajectoryDataset:
+    from qtkit.data.frames import memmap_npz_member, npz_member_header
+
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read as .npz ({e}).") from None
     with npz:
         present = sorted(npz.files)
-        arrays = {k: npz[k] for k in (*D4RL_KEYS, "next_observations") if k in npz.files}
+        mapped: dict[str, Any] = {}
+        head = npz_member_header(path, "observations") if lazy is not False and "observations" in npz.files else None
+        if head is not None and _is_frames(*head) and _want_lazy(lazy, int(np.prod(head[0])) * head[1].itemsize):
+            for key in ("observations", "next_observations"):
+                if key in npz.files:
+                    mapped[key] = memmap_npz_member(path, key)
+            if any(v is None for v in mapped.values()):
+                if lazy:
+                    raise DataError(
+                        f"{path}: the frames are compressed (np.savez_compressed / to_npz(compress=True)), so they "
+                        "cannot be read lazily. Re-save the dataset uncompressed (dataset.to_npz(path, "
+                        "compress=False)) or load it with lazy=False (it must then fit in memory)."
+                    )
+                mapped = {}
+        arrays = {k: mapped[k] if k in mapped else npz[k]
+                  for k in (*D4RL_KEYS, "next_observations") if k in npz.files}
         extras = {k: _scalar(npz[k]) for k in ("ref_min_score", "ref_max_score", "env_id") if k in npz.files}
         saved = json.loads(str(npz["qtkit_metadata"])) if "qtkit_metadata" in npz.files else None
-    return _from_flat(arrays, present, extras, path, "npz", gamma, saved)
+    return _from_flat(arrays, present, extras, path, "npz", gamma, saved, lazy=bool(mapped))
 
 
 def _numeric(path: Path, key: str, value: Any) -> np.ndarray:
@@ -209,8 +263,15 @@ def _from_flat(
     source: str,
     gamma: float | None,
     saved: Mapping[str, Any] | None = None,
+    keep: list[Any] | None = None,
+    lazy: bool = False,
 ) -> TrajectoryDataset:
-    """Split D4RL-style flat arrays into episodes (see the module docstring)."""
+    """Split D4RL-style flat arrays into episodes (see the module docstring).
+
+    Image frames (``observations [n, H, W, C]``) are gathered through a row map, so ``arrays`` may hold
+    h5py datasets or memmaps for them (``keep``: the open file; ``lazy``: memmaps to keep mapped): a
+    :class:`~qtkit.data.frames.LazyFrames` then stays in the file.
+    """
     missing = [k for k in D4RL_KEYS if k not in arrays]
     if missing:
         raise DataError(
@@ -218,8 +279,12 @@ def _from_flat(
             f"needs {', '.join(D4RL_KEYS)} (next_observations optional); a file without time-outs can add "
             "timeouts = zeros_like(terminals)."
         )
-    numeric = {key: _numeric(path, key, arrays[key]) for key in (*D4RL_KEYS, "next_observations") if key in arrays}
-    obs = _rows(numeric["observations"])
+    numeric = {key: arrays[key] if _in_file(arrays[key]) else _numeric(path, key, arrays[key])
+               for key in (*D4RL_KEYS, "next_observations") if key in arrays}
+    saved_obs_space = _saved_spaces(saved, path)[0] if saved else None
+    image = _flat_image(numeric["observations"], saved_obs_space)
+    lazy = lazy or bool(keep)
+    obs = numeric["observations"] if image else _rows(numeric["observations"])
     act = _rows(numeric["actions"])
     flat = {"observations": obs, "actions": act}
     for key in ("rewards", "terminals", "timeouts"):
@@ -241,7 +306,7 @@ def _from_flat(
             )
     nxt = None
     if "next_observations" in numeric:
-        nxt = _rows(numeric["next_observations"])
+        nxt = numeric["next_observations"] if image else _rows(numeric["next_observations"])
         flat["next_observations"] = nxt
     n = len(obs)
     sizes = {k: len(v) for k, v in flat.items()}
@@ -252,9 +317,10 @@ def _from_flat(
         )
     if n == 0:
         raise DataError(f"{path} is empty: it holds 0 transitions.")
-    if nxt is not None and nxt.shape[1] != obs.shape[1]:
+    if nxt is not None and tuple(nxt.shape[1:]) != tuple(obs.shape[1:]):
+        what = "shape" if image else "columns"
         raise DataError(
-            f"{path}: next_observations has {nxt.shape[1]} columns but observations has {obs.shape[1]}."
+            f"{path}: next_observations has {what} {tuple(nxt.shape[1:])} but observations has {tuple(obs.shape[1:])}."
         )
 
     terminals = flat["terminals"] != 0
@@ -269,7 +335,12 @@ def _from_flat(
     for key in ("observations", "next_observations", "actions", "rewards"):
         if key not in flat:
             continue
-        bad = first_nonfinite(flat[key])
+        arr = flat[key]
+        if image and key.endswith("observations"):  # uint8 (or in a file): only float frames can hold NaN
+            if not (isinstance(arr, np.ndarray) and arr.dtype.kind == "f"):
+                continue
+            arr = _rows(arr)
+        bad = first_nonfinite(arr)
         if bad is None:
             continue
         row, col, value = bad
@@ -282,7 +353,9 @@ def _from_flat(
         )
 
     ep_terminal = terminals[ends]
-    if nxt is not None:
+    if image:
+        obs_all, lengths, step_keep, final_rule = _flat_frames(obs, nxt, ends, starts, ep_terminal, n, lazy, keep)
+    elif nxt is not None:
         lengths = ends - starts + 1
         final_obs = nxt[ends]
         step_keep = np.ones(n, dtype=bool)
@@ -318,7 +391,7 @@ def _from_flat(
     if saved:
         metadata.update(saved.get("metadata") or {})
         saved_gamma = saved.get("gamma")
-        obs_space, act_space = _saved_spaces(saved, path)
+        obs_space, act_space = saved_obs_space, _saved_spaces(saved, path)[1]
         ids = saved.get("episode_ids")
         if ids is not None and len(ids) != len(lengths):
             ids = None
@@ -340,6 +413,51 @@ def _from_flat(
         obs_all, act[step_keep], flat["rewards"][step_keep], term, trunc, lengths,
         observation_space=obs_space, action_space=act_space, metadata=metadata, gamma=g, episode_ids=ids,
     )
+
+
+def _in_file(value: Any) -> bool:
+    """Whether ``value`` is an array left in its file (h5py dataset, memmap), not to be read whole."""
+    return type(value).__module__.startswith("h5py") or isinstance(value, np.memmap)
+
+
+def _flat_image(observations: Any, saved_space: Any) -> bool:
+    """Whether a flat file's ``observations`` are image frames: its saved space is an image, or uint8 [n, H, W, C]."""
+    from qtkit.data.spaces import image_shape
+
+    if saved_space is not None:
+        return image_shape(saved_space) is not None
+    return _is_frames(tuple(observations.shape), observations.dtype)
+
+
+def _flat_frames(
+    obs: Any, nxt: Any, ends: np.ndarray, starts: np.ndarray, ep_terminal: np.ndarray, n: int, lazy: bool,
+    keep: list[Any] | None,
+) -> tuple[Any, np.ndarray, np.ndarray, str]:
+    """Image frames of a flat file in the dataset layout ``[N + E, H, W, C]`` (the rules of the module docstring),
+    as a row map over ``obs``/``nxt``: returns ``(frames, lengths, step_keep, final_rule)``; frames stay a
+    :class:`LazyFrames` in the file when ``lazy``, else they are read into memory."""
+    from qtkit.data.frames import LazyFrames
+
+    rows = np.arange(n, dtype=np.int64)
+    step_keep = np.ones(n, dtype=bool)
+    if nxt is not None:
+        lengths = ends - starts + 1
+        src = np.insert(np.zeros(n, dtype=np.int64), ends + 1, 1)
+        row = np.insert(rows, ends + 1, ends)
+        frames = LazyFrames([obs, nxt], src, row, keep=keep or ())
+        rule = "next_observations"
+    else:
+        lengths = np.where(ep_terminal, ends - starts + 1, ends - starts)
+        step_keep[ends[~ep_terminal]] = False
+        counts = np.ones(n, dtype=np.int64)
+        counts[ends[ep_terminal]] = 2
+        dropped = np.flatnonzero(lengths == 0)
+        counts[starts[dropped]] = 0
+        step_keep[starts[dropped]] = False
+        row = np.repeat(rows, counts)
+        frames = LazyFrames([obs], np.zeros(len(row), dtype=np.int64), row, keep=keep or ())
+        rule = "last transition dropped (time-outs); terminal observation repeated (terminations)"
+    return (frames if lazy else frames.read_all()), lengths, step_keep, rule
 
 
 def _saved_spaces(saved: Mapping[str, Any], path: Path) -> tuple[Any, Any]:
@@ -382,7 +500,9 @@ def _resolve_minari_id(dataset_id: str, local: list[str]) -> str | None:
     return max(versions)[1] if versions else None
 
 
-def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> TrajectoryDataset:
+def _load_minari(
+    dataset_id: str, download: bool, gamma: float | None, lazy: bool | None = None, observation_key: str | None = None,
+) -> TrajectoryDataset:
     if not dataset_id:
         raise DataError("empty Minari dataset id; write 'minari:<dataset_id>', e.g. 'minari:D4RL/pointmaze/umaze-v2'.")
     import minari
@@ -428,13 +548,72 @@ def _load_minari(dataset_id: str, download: bool, gamma: float | None) -> Trajec
                 break
             except (ValueError, KeyError, TypeError):
                 continue
+    g = DEFAULT_GAMMA if gamma is None else gamma
     try:
+        from qtkit.data.dataset import _select_image_key
+        from qtkit.data.spaces import image_shape
+
+        space = mds.observation_space
+        key = _select_image_key(space, None, observation_key)
+        image = image_shape(space.spaces[key] if key is not None else space)
+        if image is not None:
+            frames = (int(mds.total_steps) + int(mds.total_episodes)) * int(np.prod(image))
+            if _want_lazy(lazy, frames):
+                return _minari_lazy(mds, key, metadata, g)
         return TrajectoryDataset.from_episodes(
-            mds.iterate_episodes(), observation_space=mds.observation_space, action_space=mds.action_space,
-            metadata=metadata, gamma=DEFAULT_GAMMA if gamma is None else gamma,
+            mds.iterate_episodes(), observation_space=space, action_space=mds.action_space,
+            metadata=metadata, gamma=g, observation_key=key,
         )
     except DataError as e:
         raise DataError(f"Minari dataset {resolved!r}: {e}") from None
+
+
+def _minari_lazy(mds: Any, key: str | None, metadata: dict[str, Any], gamma: float) -> TrajectoryDataset:
+    """A Minari dataset whose frames stay in its ``main_data.hdf5`` (one h5py dataset per episode); the actions,
+    rewards and flags are read."""
+    import h5py
+
+    from qtkit.data.frames import LazyFrames
+
+    path = Path(str(mds.storage.data_path)) / "main_data.hdf5"
+    if not path.is_file():
+        raise DataError(
+            f"lazy loading reads Minari's hdf5 backend ({path} is missing: this dataset uses another backend); "
+            "load it with lazy=False."
+        )
+    f = h5py.File(path, "r")
+    try:
+        ids = [int(i) for i in mds.episode_indices]
+        sources, act, rew, term, trunc, lengths = [], [], [], [], [], []
+        for i in ids:
+            group = f[f"episode_{i}"]
+            obs = group["observations"]
+            if key is not None:
+                obs = obs[key]
+            T = len(group["rewards"])
+            if len(obs) != T + 1:
+                raise DataError(f"episode {i} has {len(obs)} observations for {T} steps (expected {T + 1}).")
+            sources.append(obs)
+            act.append(np.asarray(group["actions"][()]).reshape(T, -1))
+            rew.append(group["rewards"][()])
+            term.append(group["terminations"][()])
+            trunc.append(group["truncations"][()])
+            lengths.append(T)
+        lengths_arr = np.asarray(lengths, dtype=np.int64)
+        src = np.repeat(np.arange(len(ids), dtype=np.int64), lengths_arr + 1)
+        starts = np.concatenate([[0], np.cumsum(lengths_arr + 1)[:-1]])
+        row = np.arange(int(src.size), dtype=np.int64) - np.repeat(starts, lengths_arr + 1)
+        space = mds.observation_space
+        return TrajectoryDataset(
+            LazyFrames(sources, src, row, keep=[f]), np.concatenate(act), np.concatenate(rew),
+            np.concatenate(term), np.concatenate(trunc), lengths_arr,
+            observation_space=space.spaces[key] if key is not None else space, action_space=mds.action_space,
+            metadata={**metadata, **({"observation_key": key} if key is not None else {})}, gamma=gamma,
+            episode_ids=ids,
+        )
+    except BaseException:
+        f.close()
+        raise
 
 
 # -------------------------------------------------------------------------------------------- env

@@ -2,7 +2,10 @@
 
 The file holds the transitions one row each (``observations, next_observations, actions [N, ...]``,
 ``rewards, terminals, timeouts [N]``), the reference scores and env id when known, and
-``qtkit_metadata`` (JSON: metadata, gamma, spaces, episode ids). It is written to a temporary file
+``qtkit_metadata`` (JSON: metadata, gamma, spaces, episode ids). Image frames are written uint8
+``[N, H, W, C]`` (observations and next observations, so the file is D4RL-style; a lazy dataset's frames
+are read from its file to write them). Written uncompressed (the default), the file can be opened lazily:
+``load_dataset(path, lazy=True)`` memory-maps the frames. It is written to a temporary file
 in the target folder and then renamed over the target, so a reader never sees a partial file.
 """
 
@@ -31,9 +34,18 @@ def write_npz(dataset: TrajectoryDataset, path: str | os.PathLike[str], compress
     E = dataset.num_episodes
     obs_offsets = dataset.episode_offsets + np.arange(E + 1)
     obs = dataset.observations
+    if dataset.is_image:  # uint8 [N, H, W, C], read row by row from a lazy dataset's file
+        from qtkit.data.frames import take_frames
+
+        step_rows = np.delete(np.arange(len(obs)), obs_offsets[1:] - 1)
+        observations = take_frames(obs, step_rows)
+        next_observations = take_frames(obs, step_rows + 1)
+    else:
+        observations = np.delete(obs, obs_offsets[1:] - 1, axis=0)
+        next_observations = np.delete(obs, obs_offsets[:-1], axis=0)
     arrays: dict[str, np.ndarray] = {
-        "observations": np.delete(obs, obs_offsets[1:] - 1, axis=0),
-        "next_observations": np.delete(obs, obs_offsets[:-1], axis=0),
+        "observations": observations,
+        "next_observations": next_observations,
         "actions": dataset.actions,
         "rewards": dataset.rewards,
         "terminals": dataset.terminations,

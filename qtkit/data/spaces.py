@@ -22,6 +22,8 @@ from qtkit.errors import DataError
 __all__ = [
     "flat_layout",
     "flatten_observation",
+    "image_key",
+    "image_shape",
     "space_from_json",
     "space_to_json",
 ]
@@ -93,6 +95,31 @@ def flatten_observation(space: Any, obs: Any) -> np.ndarray:
     if hasattr(obs, "detach") and hasattr(obs, "cpu"):  # a torch tensor
         obs = obs.detach().cpu().numpy()
     return _flatten(space, obs, "")[0]
+
+
+def image_shape(space: Any) -> tuple[int, int, int] | None:
+    """``(H, W, C)`` when ``space`` is an image space, a ``Box`` of dtype uint8 with three dimensions; else None.
+
+    Image observations are kept uint8 ``[..., H, W, C]`` (HWC, as gymnasium and Minari store them) and never
+    flattened to floats by a dataset (see :mod:`qtkit.data.dataset`).
+    """
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box) and np.dtype(space.dtype) == np.uint8 and len(space.shape) == 3:
+        return (int(space.shape[0]), int(space.shape[1]), int(space.shape[2]))
+    return None
+
+
+def image_key(space: Any) -> str | None:
+    """The key of the image part of a ``Dict`` space (``"pixels"`` when it is one of several images), else None."""
+    from gymnasium import spaces
+
+    if not isinstance(space, spaces.Dict):
+        return None
+    keys = [k for k, sub in space.spaces.items() if image_shape(sub) is not None]
+    if not keys:
+        return None
+    return "pixels" if "pixels" in keys else str(keys[0])
 
 
 def flat_layout(space: Any) -> list[tuple[str, int]]:

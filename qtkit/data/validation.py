@@ -22,6 +22,7 @@ __all__ = [
     "as_1d",
     "as_2d",
     "as_flags",
+    "as_frames",
     "as_numeric",
     "check_action_space",
     "check_episode",
@@ -103,6 +104,64 @@ def as_2d(name: str, value: Any, where: str) -> np.ndarray:
     if arr.ndim == 1:
         return arr.reshape(-1, 1)
     return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
+
+
+def as_frames(value: Any, shape: tuple[int, ...] | None, where: str) -> Any:
+    """Image observations ``value`` as uint8 frames ``[n, H, W, C]``, checked; else a :class:`DataError`.
+
+    ``shape`` is the space's ``(H, W, C)`` (None: taken from ``value``, which must then be ``[n, H, W, C]``);
+    ``[n, H*W*C]`` rows are reshaped to it. uint8 arrays are used as they are (a numpy array is not copied, a
+    ``numpy.memmap`` stays mapped); an ``h5py.Dataset`` or :class:`qtkit.data.frames.LazyFrames` stays in its
+    file (it must be uint8). Other numbers are accepted only when every value is a whole number in [0, 255]
+    (converted to uint8); floats in [0, 1] or above 255, NaN and fractions are refused, naming the row.
+    """
+    from qtkit.data.frames import LazyFrames
+
+    what = f"image observations{where}"
+    if type(value).__module__.startswith("h5py"):
+        value = LazyFrames.of(value)
+    if isinstance(value, LazyFrames):
+        if value.dtype != np.uint8:
+            raise DataError(
+                f"{what} are stored as {value.dtype} in their file; frames read lazily must be uint8 [n, H, W, C] "
+                "(load the dataset with lazy=False to convert them, or rewrite the file with uint8 frames)."
+            )
+        got = value.shape
+    else:
+        value = as_numeric("image observations", value, where,
+                           fix="Fix: store frames as uint8 [n, H, W, C] (np.asarray(x, dtype=np.uint8)).")
+        got = value.shape
+    if shape is not None and tuple(got[1:]) != tuple(shape):
+        size = int(np.prod(shape))
+        if not isinstance(value, LazyFrames) and value.ndim == 2 and value.shape[1] == size:
+            value = value.reshape(len(value), *shape)
+        else:
+            raise DataError(
+                f"{what} have shape {tuple(got)} but the observation space is an image {tuple(shape)}; frames must "
+                f"be [n, {', '.join(str(s) for s in shape)}] (rank 4, HWC) or flat [n, {size}]."
+            )
+    elif shape is None and len(got) != 4:
+        raise DataError(
+            f"{what} have shape {tuple(got)} (rank {len(got)}); image frames must be uint8 [n, H, W, C] (rank 4, "
+            "channels last). A grayscale [n, H, W] array needs a channel axis: frames[..., None]."
+        )
+    if isinstance(value, LazyFrames) or value.dtype == np.uint8:
+        return value
+    flat = value.reshape(-1)
+    if flat.dtype == np.bool_:
+        bad = np.zeros(0, dtype=np.int64)
+    else:
+        bad = np.flatnonzero(~((flat >= 0) & (flat <= 255) & (flat == np.round(flat))))
+    if bad.size:
+        index = int(bad[0])
+        item = flat[index].item()
+        hint = (" They look like floats in [0, 1]: store np.round(x * 255).astype(np.uint8)." if
+                np.issubdtype(value.dtype, np.floating) and np.nanmax(flat) <= 1.0 else "")
+        raise DataError(
+            f"{what} must be uint8 values in [0, 255] (dtype uint8, [n, H, W, C]); got dtype {value.dtype} with "
+            f"{item!r} at {describe_row(value, index).split(',')[0]}.{hint} Fix: store the frames as uint8."
+        )
+    return value.astype(np.uint8)
 
 
 def as_1d(name: str, value: Any, where: str) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from qtkit.data.batch import Batch
+from qtkit.data.frames import take_frames
 
 if TYPE_CHECKING:
     from qtkit.data.dataset import TrajectoryDataset
@@ -181,9 +182,14 @@ def sample_windows(
     rtg = dataset._rtg.take(srow).reshape(B, K)
     if scale != 1.0:
         rtg = rtg / np.float32(scale)
+    if dataset.is_image:
+        observations, next_observations = _image_windows(dataset, orow, nrow, B, K)
+    else:
+        observations = t(dataset._obs.take(orow, axis=0).reshape(B, K, obs_dim))
+        next_observations = t(dataset._obs.take(nrow, axis=0).reshape(B, K, obs_dim))
     batch = Batch(
-        observations=t(dataset._obs.take(orow, axis=0).reshape(B, K, obs_dim)),
-        next_observations=t(dataset._obs.take(nrow, axis=0).reshape(B, K, obs_dim)),
+        observations=observations,
+        next_observations=next_observations,
         actions=t(dataset._act.take(srow, axis=0).reshape(B, K, act_dim)),
         rewards=t(dataset._rew.take(srow).reshape(B, K)),
         rtg=t(rtg),
@@ -193,3 +199,20 @@ def sample_windows(
         mask=t(mask),
     )
     return batch if device is None else batch.to(device)
+
+
+def _image_windows(
+    dataset: TrajectoryDataset, orow: np.ndarray, nrow: np.ndarray, B: int, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[B, K, H, W, C]`` observations and next observations (zeros at padded positions, ``orow``/``nrow``
+    -1 there). The frames are read once for both (a window's o_t and o_{t+1} rows overlap), from memory or,
+    for a lazy dataset, from its file (only these rows)."""
+    shape = dataset.obs_shape
+    valid = orow >= 0
+    rows_o, rows_n = orow[valid], nrow[valid]
+    got = take_frames(dataset._obs, np.concatenate([rows_o, rows_n]))
+    obs = np.zeros((B * K, *shape), dtype=np.uint8)
+    nxt = np.zeros((B * K, *shape), dtype=np.uint8)
+    obs[valid] = got[: len(rows_o)]
+    nxt[valid] = got[len(rows_o):]
+    return torch.from_numpy(obs.reshape(B, K, *shape)), torch.from_numpy(nxt.reshape(B, K, *shape))
