@@ -12,7 +12,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-import qtkit
 from qtkit.data import TrajectoryDataset
 
 settings.register_profile(
@@ -109,7 +108,9 @@ TINY_CRITICS = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
 
 def tiny(preset: str) -> dict:
     """TINY adapted to the preset: the critic's own small size, and only the train keys its agent has."""
-    config = qtkit.build(preset, obs_dim=1, act_dim=1).config
+    from qtkit.config import load_preset, resolve_config
+
+    config = resolve_config(load_preset(preset))
     out = {k: v for k, v in TINY.items() if k == "backbone" or k in config["train"]}
     if config["critic"] is not None:
         out["critic"] = TINY_CRITICS[config["critic"]["type"]]
@@ -182,3 +183,55 @@ def pendulum_npz(path: Any, episodes: int = 4, length: int = 12, eval_steps: int
     data = type(data).from_episodes(list(data), action_space=data.action_space,
                                     metadata={**data.metadata, "eval_env_spec": spec})
     return str(data.to_npz(path))
+
+
+# ----------------------------------------------------------------------------- tiny pixel task
+PIXELS = 16
+
+
+class PixelWalk(gym.Env):
+    """A 16x16 RGB frame with a white 3x3 square; the action [2] moves it by up to 2 pixels a step; the reward is
+    minus its distance to the centre (/16). Observations are uint8 frames: a tiny task for pixel agents' smoke,
+    fingerprint and contract tests."""
+
+    observation_space = gym.spaces.Box(0, 255, (PIXELS, PIXELS, 3), np.uint8)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def _frame(self) -> np.ndarray:
+        image = np.zeros((PIXELS, PIXELS, 3), np.uint8)
+        x, y = self.position
+        image[y:y + 3, x:x + 3] = 255
+        return image
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.position = self.np_random.integers(0, PIXELS - 3, size=2)
+        return self._frame(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        move = np.round(np.clip(np.asarray(action, np.float64).reshape(2), -1, 1) * 2).astype(int)
+        self.position = np.clip(self.position + move, 0, PIXELS - 3)
+        reward = -float(np.abs(self.position + 1 - PIXELS / 2).sum()) / PIXELS
+        return self._frame(), reward, False, False, {}
+
+
+def pixel_env(steps: int = 8) -> gym.Env:
+    return gym.wrappers.TimeLimit(PixelWalk(), steps)
+
+
+def pixel_dataset(episodes: int = 6, length: int = 10, seed: int = 0) -> TrajectoryDataset:
+    """Random-policy PixelWalk episodes (uint8 16x16x3 frames), cut at ``length`` steps, with reference scores."""
+    env, rng, out = PixelWalk(), np.random.default_rng(seed), []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        frames, actions, rewards = [obs], [], []
+        for _ in range(length):
+            action = rng.uniform(-1, 1, size=2).astype(np.float32)
+            obs, reward, *_ = env.step(action)
+            frames.append(obs), actions.append(action), rewards.append(reward)
+        out.append({"observations": np.stack(frames), "actions": np.stack(actions), "rewards": np.array(rewards),
+                    "terminations": np.zeros(length, bool), "truncations": np.eye(length, dtype=bool)[-1]})
+    return TrajectoryDataset.from_episodes(
+        out, observation_space=PixelWalk.observation_space, action_space=PixelWalk.action_space,
+        metadata={"dataset_id": "pixel-walk", "ref_min_score": -8.0, "ref_max_score": 0.0},
+    )

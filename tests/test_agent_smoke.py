@@ -11,7 +11,7 @@ import torch
 import qtkit
 from qtkit.data import TrajectoryDataset
 from qtkit.errors import CheckpointError, DataError, ShapeMismatchError, TrainingError
-from tests.conftest import TINY, eval_env, pendulum_dataset, tiny
+from tests.conftest import TINY, eval_env, pendulum_dataset, pixel_dataset, pixel_env, tiny
 
 PRESETS = qtkit.list_presets()
 
@@ -23,8 +23,11 @@ def data() -> TrajectoryDataset:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_fits_evaluates_and_reloads(preset: str, data: TrajectoryDataset, tmp_path: Path) -> None:
+    env = eval_env
+    if preset.endswith("-pixels"):  # pixel presets: uint8 frames of a tiny pixel task
+        data, env = pixel_dataset(), pixel_env
     agent = qtkit.build(preset, dataset=data, **tiny(preset))
-    result = agent.fit(data, steps=4, eval_env=eval_env, eval_episodes=2, log_dir=tmp_path, progress=False)
+    result = agent.fit(data, steps=4, eval_env=env, eval_episodes=2, log_dir=tmp_path, progress=False)
     assert result["steps"] == 4
     assert np.isfinite(result["final"]["mean_return"]) and result["final"]["episodes"] == 2
     assert "normalized_score" in result["final"]

@@ -33,7 +33,7 @@ import torch
 
 import qtkit
 from qtkit.data import TrajectoryDataset
-from tests.conftest import pendulum_dataset, tiny
+from tests.conftest import pendulum_dataset, pixel_dataset, tiny
 
 PATH = Path(__file__).with_name("fingerprints.json")
 PRESETS = qtkit.list_presets()
@@ -73,6 +73,8 @@ def fingerprint(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
 def train(preset: str, data: TrajectoryDataset) -> dict[str, torch.Tensor]:
     """The preset's weights after STEPS gradient steps (tiny sizes, seed 0, no evaluation, no logging)."""
     torch.manual_seed(SEED)
+    if preset.endswith("-pixels"):  # pixel presets: a fixed random-policy dataset of a tiny pixel task
+        data = pixel_dataset(seed=0)
     agent = qtkit.build(preset, dataset=data, seed=SEED, device="cpu", **tiny(preset))
     result = agent.fit(data, steps=STEPS, progress=False)
     assert result["steps"] == STEPS and result["final"] is None

@@ -6,6 +6,10 @@ a in [-1, 1] earns 1 when its sign points to the square's side (left: a < 0), el
 Nothing but the pixels tells the side, so an agent that ignores them earns 0.5 (the uniform behaviour policy
 in the data earns 0.5 too). Decision Transformer asked for return 1 must imitate the rewarded actions given the
 frame; Q-Transformer must learn Q(frame, action bins) and act greedily.
+
+Measured (300 steps, 60 evaluation episodes): dt-gpt 1.00 / 0.98 and qtransformer 1.00 / 1.00 on seeds 0 / 1; with
+the conv encoder made blind (its input zeroed) they score 0.48 and 0.52, so the test fails when the pixels do
+not reach the agent.
 """
 
 from __future__ import annotations
