@@ -42,7 +42,8 @@ def test_list_presets_and_filter() -> None:
 
 @pytest.mark.parametrize("name", qtkit.list_presets())
 def test_every_preset_resolves_and_builds(name: str) -> None:
-    agent = qtkit.build(name, obs_dim=4, act_dim=2, **SMALL)
+    frames = {"obs_dim": 32 * 32 * 3, "obs_shape": [32, 32, 3]} if name.endswith("-pixels") else {"obs_dim": 4}
+    agent = qtkit.build(name, act_dim=2, **frames, **SMALL)
     assert agent.config["name"] == name
     for slot in ("policy", "backup", "sampler"):
         assert agent.config[slot]["type"] in qtkit.list_components(slot)

@@ -20,7 +20,8 @@ def test_the_domain_files_exist() -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_every_preset_in_a_domain_file_builds(path: Path) -> None:
     for name in read_preset_file(path):
-        agent = qtkit.build(f"{path}:{name}", obs_dim=4, act_dim=2)
+        frames = {"obs_dim": 32 * 32 * 3, "obs_shape": [32, 32, 3]} if "pixels" in name else {"obs_dim": 4}
+        agent = qtkit.build(f"{path}:{name}", act_dim=2, **frames)
         assert agent.config["name"] == name
         assert agent.train_config.steps > 0
 
