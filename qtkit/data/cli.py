@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import typer
@@ -123,7 +124,6 @@ def make_cmd(
 
 def _metadata(dataset_id: str) -> dict[str, Any]:
     """metadata.json of a local Minari dataset ({} when unreadable)."""
-    import json
 
     from qtkit.data.makers.writer import dataset_dir
 
@@ -169,6 +169,22 @@ def list_cmd(
         typer.echo(_dataset_line(dataset_id, _metadata(dataset_id) or dict(meta)))
 
 
+def _short_space(value: Any) -> str:
+    """A space as one short line: a gymnasium Box's JSON (whose low/high list every pixel of a frame) becomes
+    ``Box(low..high, shape, dtype)``; anything else is shown as it is, cut at 300 characters."""
+    text = str(value)
+    try:
+        space = json.loads(text) if isinstance(value, str) else value
+    except ValueError:
+        space = None
+    if isinstance(space, dict) and space.get("type") == "Box":
+        import numpy as np
+
+        low, high = np.asarray(space.get("low"), dtype=float), np.asarray(space.get("high"), dtype=float)
+        return f"Box({low.min():g}..{high.max():g}, shape={tuple(space.get('shape', low.shape))}, {space.get('dtype')})"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 @app.command("inspect")
 def inspect_cmd(
     dataset: str = typer.Argument(..., help="a local Minari id (qtkit/pointmaze-umaze-sparse-v0, 'minari:' "
@@ -176,7 +192,6 @@ def inspect_cmd(
 ) -> None:
     """What `qtkit data list` knows about one local dataset: size, spaces, reference scores, how it was made.
     A .hdf5/.npz file is loaded and checked (bad values are an error naming the key and row, exit 2)."""
-    import json
     from pathlib import Path
 
     from qtkit.data.makers import below_target, default_dataset_id, list_makers
@@ -217,7 +232,7 @@ def inspect_cmd(
                 typer.echo(f"{key}: {json.loads(meta[key]).get('id')}")
     for key in ("observation_space", "action_space", "algorithm_name", "minari_version"):
         if meta.get(key) is not None:
-            typer.echo(f"{key}: {meta[key]}")
+            typer.echo(f"{key}: {_short_space(meta[key])}")
     maker = meta.get("qtkit_maker")
     if isinstance(maker, dict):
         shown = {k: maker[k] for k in ("maker", "steps", "seed", "noise", "options", "qtkit_version") if k in maker}
