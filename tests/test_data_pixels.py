@@ -286,3 +286,13 @@ def test_100k_frames_sample_windows_without_loading_them(tmp_path: Path) -> None
     for seed in (0, 7, 99):
         assert_same_batch(lazy.sample_windows(64, 8, generator=seed), eager.sample_windows(64, 8, generator=seed))
     assert int(eager.sample_windows(64, 8, generator=4).observations.sum()) == sums[4]
+
+
+def test_d3rlpy_peers_refuse_image_datasets_before_copying_frames() -> None:
+    """Converting frames for d3rlpy would copy them all as float32: a clear error instead (no d3rlpy needed)."""
+    from qtkit.errors import ConfigError
+    from qtkit.peers.convert import mdp_arrays
+    from tests.conftest import pixel_dataset
+
+    with pytest.raises(ConfigError, match=r"image frames \(16, 16, 3\).*qt-gpt-pixels"):
+        mdp_arrays(pixel_dataset())

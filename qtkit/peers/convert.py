@@ -21,6 +21,14 @@ def mdp_arrays(dataset: Any, keep_final_observation: bool = True) -> dict[str, n
     ``keep_final_observation=False``: exactly the ``N`` steps, with no padding step in their windows (d3rlpy then
     drops a truncated one-step episode, which has no transition).
     """
+    if getattr(dataset, "is_image", False):  # TrajectoryDataset-like inputs; older ones have no such attribute
+        from qtkit.errors import ConfigError
+
+        raise ConfigError(
+            f"the d3rlpy peers take vector observations, but dataset {getattr(dataset, 'name', '?')!r} holds image "
+            f"frames {tuple(dataset.obs_shape)}: converting them would copy every frame as float32. Compare pixel "
+            "agents with qtkit's pixel presets (qt-gpt-pixels, qtransformer-pixels) instead."
+        )
     lengths = np.asarray(dataset.episode_lengths, dtype=np.int64)
     offsets = np.asarray(dataset.episode_offsets, dtype=np.int64)[: len(lengths)]
     E = len(lengths)
