@@ -62,7 +62,7 @@ def list_cmd(
     if what is ListWhat.presets:
         for name in qtkit.list_presets(filter):
             description = load_preset(name).get("description", "")
-            typer.echo(f"{name:<16} {description}")
+            typer.echo(f"{name:<20} {description}")
         return
     from qtkit.registry import get_component
 
