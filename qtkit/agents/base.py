@@ -221,13 +221,13 @@ class Agent(abc.ABC):
         return out
 
     # ------------------------------------------------------------------ observations -> features
-    def encode(self, observations: Tensor, encoder: Encoder | None = None) -> Tensor:
+    def encode(self, observations: Tensor) -> Tensor:
         """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]``.
 
         Vector observations are standardised with the dataset's statistics first (``flat`` then passes them on:
         the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8).
         """
-        encoder = encoder or self.encoder
+        encoder = self.encoder
         if encoder.is_image:
             shape = tuple(encoder.obs_shape)
             if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
@@ -246,21 +246,13 @@ class Agent(abc.ABC):
             next_states = self.encode(batch.next_observations)
         return states, next_states
 
-    def critic_inputs(self, states: Tensor) -> Tensor:
-        """The critic's view of the shared features: detached, unless the critic is what trains the encoder
-        (policy and critic read one encoder; it learns from one loss, as in DrQ-style agents)."""
-        return states if self.encoder_learns_from_critic else states.detach()
-
-    #: Whether a shared encoder is trained by the critic's loss (Q-Transformer: the critic is the learner) rather
-    #: than the policy's (QT, DT).
-    encoder_learns_from_critic: ClassVar[bool] = False
-
-    def with_encoder(self, module: nn.Module, encoder: Encoder | None) -> nn.Module:
-        """``module``, plus ``encoder`` when it has weights: what one optimiser (and its gradient clip) updates.
-        (Without encoder weights this is ``module`` itself, so the optimiser is exactly the one before encoders.)"""
-        if encoder is None or not any(True for _ in encoder.parameters()):
+    def with_encoder(self, module: nn.Module) -> nn.Module:
+        """``module``, plus the encoder when it has weights: what the optimiser that trains the encoder (and its
+        gradient clip) updates. Without encoder weights this is ``module`` itself, so the optimiser is exactly the
+        one before encoders."""
+        if not any(True for _ in self.encoder.parameters()):
             return module
-        return nn.ModuleDict({"module": module, "encoder": encoder})
+        return nn.ModuleDict({"module": module, "encoder": self.encoder})
 
     def num_parameters(self) -> dict[str, int]:
         return {slot: sum(p.numel() for p in m.parameters()) for slot, m in self.modules().items()}

@@ -90,7 +90,7 @@ class QTAgent(Agent):
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}
         groups = {"filter_bias_and_bn": not tc.decay_all_parameters}
         # the policy's optimiser also trains the encoder (if it has weights): the critic reads its features detached
-        self.policy_optimizer = create_optimizer_v2(self.with_encoder(self.policy, self.encoder), opt=tc.optimizer,
+        self.policy_optimizer = create_optimizer_v2(self.with_encoder(self.policy), opt=tc.optimizer,
                                                     lr=tc.lr, weight_decay=tc.weight_decay, **groups, **fused)
         self.policy_scheduler = make_lr_scheduler(self.policy_optimizer, tc, total_steps, tc.lr)
         if self.critic is not None:
@@ -126,7 +126,7 @@ class QTAgent(Agent):
         # 1. Critic: targets from the preset's backup, bootstrapped through the EMA policy (eval mode).
         if self.critic is not None:
             assert self.backup is not None
-            critic_states, critic_next = self.critic_inputs(states), next_states
+            critic_states = states.detach()  # the critic reads the policy's encoder features; its loss does not train it
             with torch.no_grad(), self.autocast():
                 if self.backup.needs_next_values:
                     bootstrap_actions = None
@@ -134,8 +134,7 @@ class QTAgent(Agent):
                         # actions only: the GPT policy then skips its next-state outputs (same actions)
                         only_actions = {"predict_next": False} if self.ema_policy.supports_last_only else {}
                         bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask, **only_actions)[0].float()
-                    next_values, next_valid = self.critic.bootstrap(critic_states, critic_next, bootstrap_actions,
-                                                                    mask)
+                    next_values, next_valid = self.critic.bootstrap(critic_states, next_states, bootstrap_actions, mask)
                 else:  # e.g. Monte-Carlo targets: no bootstrap, no EMA forward pass
                     next_values, next_valid = torch.zeros_like(batch.rewards), mask
                 targets, valid = self.backup(batch, next_values.float(), next_valid)  # [B, K] each
@@ -172,7 +171,7 @@ class QTAgent(Agent):
                 loss = loss + q_term
                 metrics["q_loss"] = q_loss.detach()
         self.step_optimizer(self.policy_optimizer, self.policy_scheduler, loss,
-                            self.with_encoder(self.policy, self.encoder).parameters(), tc.grad_clip, "policy")
+                            self.with_encoder(self.policy).parameters(), tc.grad_clip, "policy")
         metrics.update(policy_metrics)
         metrics["policy_loss"] = loss.detach()
 

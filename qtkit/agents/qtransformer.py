@@ -60,16 +60,13 @@ class QTransformerAgent(Agent):
             policy.attach(critic)
         self._critic_loss: Any = critic.loss  # torch.compile'd when train.compile (compile_modules)
 
-    #: the critic is this family's learner, so the shared encoder learns from the critic's loss
-    encoder_learns_from_critic = True
-
     def make_optimizers(self, total_steps: int) -> None:
         from timm.optim import create_optimizer_v2
 
         tc = self.train_config
         fused = {"fused": True} if tc.optimizer.lower() in ("adam", "adamw") else {}  # one kernel per step
         # the critic is the learner: its optimiser also trains the encoder (if it has weights)
-        self.critic_optimizer = create_optimizer_v2(self.with_encoder(self.critic.net, self.encoder), opt=tc.optimizer, lr=tc.lr,
+        self.critic_optimizer = create_optimizer_v2(self.with_encoder(self.critic.net), opt=tc.optimizer, lr=tc.lr,
                                                     weight_decay=tc.weight_decay,
                                                     filter_bias_and_bn=not tc.decay_all_parameters, **fused)
         self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.lr)
@@ -98,7 +95,7 @@ class QTransformerAgent(Agent):
         with self.autocast():
             loss, metrics = self._critic_loss(states, batch.actions, targets, valid, batch=batch)
         self.step_optimizer(self.critic_optimizer, self.critic_scheduler, loss,
-                            self.with_encoder(self.critic, self.encoder).parameters(), tc.grad_clip, "critic")
+                            self.with_encoder(self.critic).parameters(), tc.grad_clip, "critic")
         self.step += 1
         self.critic.update_target(tc.tau)
         metrics["target_valid_frac"] = valid.float().mean()

@@ -14,19 +14,12 @@ so resets are frequent), 5k steps in 34 s, so the default 100k take ~11 minutes;
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 
 from qtkit.data.makers.common import (
-    EpisodeRecorder,
     Made,
-    close_env,
-    derive_seed,
-    progress_bar,
-    record_steps,
-    uniform_policy,
 )
 from qtkit.data.makers.maze2d_pixels import find_pixel_wrapper, pixel_eval_spec
-from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, reference_scores
+from qtkit.data.makers.mujoco_random import REQUIREMENTS, TASKS, record_uniform_policy, reference_scores
 from qtkit.data.makers.pixels import DEFAULT_SIZE, MUJOCO_TASKS, gl_backend, hopper_pixels_env_id, register_pixel_envs
 from qtkit.errors import ConfigError
 
@@ -44,15 +37,9 @@ def make_mujoco_random_pixels(task: str, *, steps: int, seed: int, progress: boo
     env_id = hopper_pixels_env_id(task)
     eval_spec = pixel_eval_spec(env_id, size)
     env = gym.make(eval_spec)
-    recorder = EpisodeRecorder()
     name = f"{task}-random-pixels"
-    try:
-        camera = find_pixel_wrapper(env).camera_spec
-        policy = uniform_policy(env.action_space, np.random.default_rng(derive_seed(seed, 1)))
-        with progress_bar(steps, progress, name) as bar:
-            record_steps(env, policy, recorder, steps, bar, reset_seed=seed)
-    finally:
-        close_env(env)
+    camera = find_pixel_wrapper(env).camera_spec
+    recorder = record_uniform_policy(env, steps=steps, seed=seed, progress=progress, label=name)
 
     ref_min, ref_max, provenance = reference_scores(task, seed=seed, episodes=ref_episodes)
     description = (

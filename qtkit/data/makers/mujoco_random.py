@@ -62,6 +62,20 @@ def reference_scores(task: str, *, seed: int, episodes: int | None = None) -> tu
     return ref_min, d4rl_max, provenance
 
 
+def record_uniform_policy(env: Any, *, steps: int, seed: int, progress: bool, label: str) -> EpisodeRecorder:
+    """``steps`` steps of uniform-random actions in ``env`` (closed afterwards), as the ``*-random`` makers record
+    them: the action stream from ``derive_seed(seed, 1)``, the first reset with ``seed``. The pixel makers use
+    it too, so ``hopper-random-pixels`` has exactly ``hopper-random``'s actions, rewards and episodes."""
+    recorder = EpisodeRecorder()
+    try:
+        policy = uniform_policy(env.action_space, np.random.default_rng(derive_seed(seed, 1)))
+        with progress_bar(steps, progress, label) as bar:
+            record_steps(env, policy, recorder, steps, bar, reset_seed=seed)
+    finally:
+        close_env(env)
+    return recorder
+
+
 def make_mujoco_random(
     task: str, *, steps: int, seed: int, progress: bool, noise: None = None, ref_episodes: int | None = None
 ) -> Made:
@@ -70,13 +84,7 @@ def make_mujoco_random(
     import gymnasium as gym
 
     env = gym.make(TASKS[task])
-    recorder = EpisodeRecorder()
-    try:
-        policy = uniform_policy(env.action_space, np.random.default_rng(derive_seed(seed, 1)))
-        with progress_bar(steps, progress, f"{task}-random") as bar:
-            record_steps(env, policy, recorder, steps, bar, reset_seed=seed)
-    finally:
-        close_env(env)
+    recorder = record_uniform_policy(env, steps=steps, seed=seed, progress=progress, label=f"{task}-random")
 
     ref_min, ref_max, provenance = reference_scores(task, seed=seed, episodes=ref_episodes)
     description = (
