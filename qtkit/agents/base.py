@@ -164,6 +164,9 @@ class Agent(abc.ABC):
         # taken from the training dataset by prepare() and saved with the weights / the resume state
         self.obs_mean = torch.zeros(obs_dim)
         self.obs_std = torch.ones(obs_dim)
+        proprio_dim = int(self.shapes.get("proprio_dim") or 0)  # image + vector observations: the vector's width
+        self.proprio_mean = torch.zeros(proprio_dim)
+        self.proprio_std = torch.ones(proprio_dim)
         self.return_targets: list[float] | None = None  # raw units, set from the dataset at fit
         self.ref_scores: tuple[float, float] | None = None
         self.env_spec: str | None = None  # the dataset's env (id or EnvSpec JSON), for evaluate()
@@ -221,19 +224,23 @@ class Agent(abc.ABC):
         return out
 
     # ------------------------------------------------------------------ observations -> features
-    def encode(self, observations: Tensor) -> Tensor:
+    def encode(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]``.
 
         Vector observations are standardised with the dataset's statistics first (``flat`` then passes them on:
-        the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8).
+        the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8),
+        with the raw proprioceptive vector ``proprio [..., P]`` (image + vector observations; standardised here
+        with the dataset's ``proprio_mean``/``proprio_std``) when the data has one.
         """
         encoder = self.encoder
         if encoder.is_image:
             shape = tuple(encoder.obs_shape)
             if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
                 observations = observations.reshape(*observations.shape[:-1], *shape)
-            return encoder(observations)
-        return encoder(self.standardize(observations))
+            if proprio is not None:
+                proprio = (proprio - self.proprio_mean.to(proprio)) / self.proprio_std.to(proprio)
+            return encoder(observations, proprio)
+        return encoder(self.standardize(observations), proprio)
 
     def encode_batch(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``(states, next_states)``: features ``[B, K, F]`` of a batch's observations and next observations.
@@ -241,9 +248,9 @@ class Agent(abc.ABC):
         ``states`` carry the encoder's gradient (the encoder learns in the optimiser that owns it); ``next_states``
         (targets of the next-state prediction and of the bootstrap) never do.
         """
-        states = self.encode(batch.observations)
+        states = self.encode(batch.observations, batch.proprio)
         with torch.no_grad():
-            next_states = self.encode(batch.next_observations)
+            next_states = self.encode(batch.next_observations, batch.next_proprio)
         return states, next_states
 
     def with_encoder(self, module: nn.Module) -> nn.Module:
@@ -355,8 +362,9 @@ class Agent(abc.ABC):
 
     def check_dataset(self, dataset: TrajectoryDataset) -> None:
         """Agent and dataset must agree on observation and action sizes (names both shapes)."""
-        for key, theirs in (("obs_dim", int(dataset.obs_dim)), ("act_dim", int(dataset.act_dim))):
-            mine = self.shapes[key]
+        for key, theirs in (("obs_dim", int(dataset.obs_dim)), ("act_dim", int(dataset.act_dim)),
+                            ("proprio_dim", int(dataset.proprio_dim))):
+            mine = int(self.shapes.get(key) or 0)
             if mine != theirs:
                 raise ShapeMismatchError(
                     f"agent {self.name!r} was built with {key}={mine} but dataset "
@@ -369,6 +377,8 @@ class Agent(abc.ABC):
         self.check_dataset(dataset)
         self.obs_mean = torch.tensor(np.array(dataset.obs_mean), dtype=torch.float32)
         self.obs_std = torch.tensor(np.array(dataset.obs_std), dtype=torch.float32)
+        self.proprio_mean = torch.tensor(np.array(dataset.proprio_mean), dtype=torch.float32)
+        self.proprio_std = torch.tensor(np.array(dataset.proprio_std), dtype=torch.float32)
         best = float(np.max(dataset.episode_returns))
         targets = self.sampler.targets if self.sampler is not None else None
         fractions = self.sampler.target_fractions if self.sampler is not None else [1.0]
@@ -532,6 +542,9 @@ class Agent(abc.ABC):
         weights = self.state_dict()
         weights["obs_mean"] = self.obs_mean
         weights["obs_std"] = self.obs_std
+        if self.proprio_mean.numel():  # image + vector observations only: other checkpoints are as they were
+            weights["proprio_mean"] = self.proprio_mean
+            weights["proprio_std"] = self.proprio_std
         return weights
 
     def _optimizer_slots(self) -> dict[str, Any]:
@@ -563,6 +576,9 @@ class Agent(abc.ABC):
     def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
         self.obs_mean = weights.pop("obs_mean")
         self.obs_std = weights.pop("obs_std")
+        if "proprio_mean" in weights:
+            self.proprio_mean = weights.pop("proprio_mean")
+            self.proprio_std = weights.pop("proprio_std")
         self.load_state_dict(weights)
         self.return_targets = state.get("return_targets")
         self.ref_scores = tuple(state["ref_scores"]) if state.get("ref_scores") else None

@@ -198,6 +198,10 @@ def sample_windows(
         terminals=t(dataset._term.take(srow).reshape(B, K)),
         mask=t(mask),
     )
+    if dataset._proprio is not None:  # image + vector observations: the proprioceptive vectors of the same rows
+        P = dataset._proprio.shape[1]
+        batch.proprio = t(dataset._proprio.take(orow, axis=0).reshape(B, K, P))
+        batch.next_proprio = t(dataset._proprio.take(nrow, axis=0).reshape(B, K, P))
     return batch if device is None else batch.to(device)
 
 

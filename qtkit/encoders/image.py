@@ -47,10 +47,21 @@ def random_shift(images: Tensor, pad: int) -> Tensor:
 
 
 class ImageEncoder(Encoder):
-    """Base of the image encoders: ``obs_shape = (H, W, C)``, ``is_image``, ``augment`` (random-shift pad)."""
+    """Base of the image encoders: ``obs_shape = (H, W, C)``, ``is_image``, ``augment`` (random-shift pad),
+    ``proprio_dim`` (a proprioceptive vector concatenated to the image features by :meth:`with_proprio`)."""
 
     is_image = True
     augment: int = 0
+
+    def with_proprio(self, features: Tensor, proprio: Tensor | None, leading: tuple[int, ...]) -> Tensor:
+        """Image ``features [N, F]`` -> ``[*leading, F + proprio_dim]``: reshaped to the leading shape, with the
+        (standardised) ``proprio [*leading, proprio_dim]`` concatenated when the encoder takes one."""
+        self.check_proprio(proprio, leading)
+        out = features.float().reshape(*leading, features.shape[-1])
+        if self.proprio_dim:
+            assert proprio is not None
+            out = torch.cat([out, proprio.float()], dim=-1)
+        return out
 
     def frames(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """``[..., H, W, C]`` uint8 or float -> (``[N, C, H, W]`` float32 in [0, 1], shifted at random in training
