@@ -35,11 +35,13 @@ CASES: dict[str, list[tuple[str, dict[str, Any], tuple[int, ...]]]] = {
     "flat": [("flat", {}, (5,))],
     "conv": [("conv-64", {}, (64, 64, 3)), ("conv-32", {"features": 16, "channels": 8}, (32, 32, 3)),
              # frames + a proprioceptive vector of 3 ({"pixels", "state"} observations)
-             ("conv-32-proprio", {"features": 16, "channels": 8, "proprio_dim": 3}, (32, 32, 3))],
+             ("conv-32-proprio", {"features": 16, "channels": 8, "proprio_dim": 3}, (32, 32, 3)),
+             ("conv-32-stack3", {"features": 16, "channels": 8, "frame_stack": 3}, (32, 32, 3))],
     "timm": [
         ("timm-default-32", {}, (32, 32, 3)),  # convnext_atto: LayerNorm, no projection
         ("timm-resnet18-32", {"model": "resnet18", "features": 16}, (32, 32, 3)),  # BatchNorm, projection
-        ("timm-proprio-32", {"model": "resnet18", "features": 16, "proprio_dim": 2}, (32, 32, 3)),
+        ("timm-proprio-stack2-32", {"model": "resnet18", "features": 16, "proprio_dim": 2, "frame_stack": 2},
+         (32, 32, 3)),
     ],
 }
 
@@ -75,9 +77,10 @@ def factory(request: pytest.FixtureRequest) -> Factory:
 
 
 def observations(encoder: Encoder, *leading: int, seed: int = 0) -> Tensor:
-    """uint8 frames for an image encoder, standard-normal floats for a vector one."""
+    """uint8 frames for an image encoder (``[*leading, F, H, W, C]`` with frame stacking), standard-normal floats
+    for a vector one."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (*leading, *encoder.obs_shape)
+    shape = (*leading, *encoder.input_shape)
     if encoder.is_image:
         return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
     return torch.randn(shape, generator=gen)
@@ -110,7 +113,7 @@ def check_shapes(factory: Factory) -> None:
             assert bool(torch.isfinite(out).all())
         x, p = inputs(encoder, B, K, seed=1)
         flat_p = None if p is None else p.reshape(B * K, -1)
-        flat = encoder(x.reshape(B * K, *encoder.obs_shape), flat_p).reshape(B, K, -1)
+        flat = encoder(x.reshape(B * K, *encoder.input_shape), flat_p).reshape(B, K, -1)
         torch.testing.assert_close(encoder(x, p), flat, rtol=1e-5, atol=1e-6)
 
 
@@ -205,16 +208,20 @@ def wrong_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 def check_rejects_wrong_shapes(factory: Factory) -> None:
     """An observation of the wrong shape raises ShapeMismatchError naming the expected shape."""
     encoder = factory()
-    for shape in wrong_shapes(encoder.obs_shape):
+    stack = (encoder.frame_stack,) if encoder.frame_stack > 1 else ()
+    shapes = [(*stack, *shape) for shape in wrong_shapes(encoder.obs_shape)]
+    if stack:  # one frame too many or too few
+        shapes += [(encoder.frame_stack + 1, *encoder.obs_shape), (encoder.frame_stack - 1, *encoder.obs_shape)]
+    for shape in shapes:
         x = torch.zeros(B, *shape, dtype=torch.uint8 if encoder.is_image else torch.float32)
         try:
             encoder(x, proprio(encoder, B))
         except ShapeMismatchError as error:
-            assert f"expected {tuple(encoder.obs_shape)}" in str(error), str(error)
+            assert f"expected {tuple(encoder.input_shape)}" in str(error), str(error)
         except Exception as error:  # a failure deep inside (a reshape, a convolution) is not a clear error
             raise AssertionError(f"{shape}: {type(error).__name__} instead of ShapeMismatchError: {error}") from error
         else:
-            raise AssertionError(f"observations of shape {shape} were accepted, expected {encoder.obs_shape}")
+            raise AssertionError(f"observations of shape {shape} were accepted, expected {encoder.input_shape}")
 
 
 # ----------------------------------------------------------------------------- every registered encoder
@@ -246,6 +253,10 @@ def test_proprioceptive_vector(factory: Factory) -> None:
     check_proprio(factory)
 
 
+def test_frame_stack(factory: Factory) -> None:
+    check_frame_stack(factory)
+
+
 def test_every_encoder_is_covered() -> None:
     """Every registered encoder is checked, and the built-in ones with their own small cases."""
     assert {"flat", "conv", "timm"} <= set(qtkit.list_components("encoder"))
@@ -268,6 +279,23 @@ def check_proprio(factory: Factory) -> None:
         for wrong in bad:
             with pytest.raises(ShapeMismatchError, match="proprio"):
                 encoder(x, wrong)
+
+
+def check_frame_stack(factory: Factory) -> None:
+    """With ``frame_stack`` F > 1 every frame of the stack counts and their order too: changing only the oldest
+    frame, or swapping the two newest, changes the features (eval mode)."""
+    encoder = factory()
+    if encoder.frame_stack == 1:
+        pytest.skip("no frame stacking")
+    x, p = inputs(encoder, B)
+    oldest = x.clone()
+    oldest[:, 0] = 255 - oldest[:, 0]
+    swapped = x.clone()
+    swapped[:, [-1, -2]] = x[:, [-2, -1]]
+    with torch.no_grad():
+        out = encoder(x, p)
+        for name, other in (("the oldest frame", oldest), ("the order of the newest two", swapped)):
+            assert not torch.allclose(encoder(other, p), out, atol=1e-5), f"changing {name} changed nothing"
 
 
 # ----------------------------------------------------------------------------- image encoders' specifics
@@ -378,6 +406,12 @@ class _DropsProprio(ConvEncoder):
         return super().with_proprio(features, None if proprio is None else torch.zeros_like(proprio), leading)
 
 
+class _NewestFrameOnly(ConvEncoder):
+    def frames(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        last = observations[..., -1:, :, :, :].expand_as(observations)  # every slot holds the newest frame
+        return super().frames(last)
+
+
 class _UncheckedProprio(ConvEncoder):
     def check_proprio(self, proprio: Tensor | None, leading: tuple[int, ...]) -> None:
         return None
@@ -390,7 +424,7 @@ BROKEN = [
     (check_state_dict_round_trip, _UnsavedBuffer),
     (check_one_optimisation_step, _DetachedHead),
     (check_rejects_wrong_shapes, _UncheckedShape),
-    (check_proprio, _DropsProprio), (check_proprio, _UncheckedProprio),
+    (check_proprio, _DropsProprio), (check_proprio, _UncheckedProprio), (check_frame_stack, _NewestFrameOnly),
 ]
 
 
@@ -402,7 +436,8 @@ def test_the_checks_catch_broken_encoders(check: Callable[..., None], cls: type,
     def factory_of(klass: type) -> Factory:
         def factory(seed: int = 0) -> Encoder:
             torch.manual_seed(seed)
-            return klass(obs_shape=(16, 20, 3), **SMALL_CONV, proprio_dim=2 if check is check_proprio else 0).eval()
+            return klass(obs_shape=(16, 20, 3), **SMALL_CONV, proprio_dim=2 if check is check_proprio else 0,
+                         frame_stack=3 if check is check_frame_stack else 1).eval()
 
         return factory
 

@@ -233,7 +233,7 @@ class Agent(abc.ABC):
         with the dataset's ``proprio_mean``/``proprio_std``) when the data has one.
         """
         encoder = self.encoder
-        if encoder.is_image:
+        if encoder.is_image:  # frames [..., H, W, C] ([..., F, H, W, C] stacked), or flattened [..., H * W * C]
             shape = tuple(encoder.obs_shape)
             if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
                 observations = observations.reshape(*observations.shape[:-1], *shape)
@@ -485,7 +485,8 @@ class Agent(abc.ABC):
         self.train_mode()
 
         def next_batch() -> Batch:
-            batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale)
+            batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale,
+                                           frame_stack=self.encoder.frame_stack)
             return batch.to(self.device)
 
         episodes = tc.eval_episodes if eval_episodes is None else eval_episodes

@@ -49,6 +49,10 @@ class Rollout:
         )
         self.t = torch.zeros(num_envs, dtype=torch.long, device=device)
         self.current_rtg = self._initial_rtg(num_envs)
+        #: the last F raw frames per env [E, F, H * W * C] uint8 (image encoders with frame_stack F > 1), oldest first
+        stack = agent.encoder.frame_stack
+        self.frames = (torch.zeros(num_envs, stack, agent.shapes["obs_dim"], dtype=torch.uint8, device=device)
+                       if stack > 1 else None)
 
     def _initial_rtg(self, n: int) -> torch.Tensor:
         assert self.agent.return_targets is not None
@@ -88,6 +92,12 @@ class Rollout:
             torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
         agent.encoder.eval()
+        if self.frames is not None:  # frame stacking: push the new frame; an episode's first fills the stack
+            fresh = self.t == 0
+            self.frames = torch.roll(self.frames, -1, dims=1)
+            self.frames[:, -1] = obs
+            self.frames[fresh] = obs[fresh].unsqueeze(1)
+            obs = self.frames
         ctx.states[:, -1] = agent.encode(obs, proprio)
         ctx.actions[:, -1] = 0.0
         ctx.timesteps[:, -1] = self.t

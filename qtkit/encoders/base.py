@@ -39,6 +39,14 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
     is_image: bool = False
     #: Width of the proprioceptive vector ``forward`` takes with each observation (0: none).
     proprio_dim: int = 0
+    #: Frames per observation (image encoders' ``frame_stack``): with F > 1 ``forward`` takes the last F frames
+    #: ``[..., F, H, W, C]`` (oldest first), and the agent's windows and rollouts supply them.
+    frame_stack: int = 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape ``forward`` takes per position: ``obs_shape``, or ``(F, *obs_shape)`` with frame stacking."""
+        return tuple(self.obs_shape) if self.frame_stack == 1 else (self.frame_stack, *self.obs_shape)
 
     @abc.abstractmethod
     def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
@@ -65,19 +73,22 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
             )
 
     def check_shape(self, observations: Tensor) -> None:
-        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``observations`` end in ``obs_shape``."""
-        n = len(self.obs_shape)
-        if tuple(observations.shape[-n:]) != tuple(self.obs_shape):
+        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``observations`` end in ``input_shape``."""
+        shape = self.input_shape
+        n = len(shape)
+        if observations.dim() < n or tuple(observations.shape[-n:]) != shape:
             from qtkit.errors import ShapeMismatchError
 
+            what = "one observation's shape" if self.frame_stack == 1 else f"the last {self.frame_stack} frames"
             raise ShapeMismatchError(
                 f"encoder {type(self).__name__}: observations end in {tuple(observations.shape[-n:])}, expected "
-                f"{tuple(self.obs_shape)} (one observation's shape)."
+                f"{shape} ({what})."
             )
 
     def flatten_leading(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        """``[..., *obs_shape]`` -> (``[N, *obs_shape]``, the leading shape) for encoders that take one batch
+        """``[..., *input_shape]`` -> (``[N, *input_shape]``, the leading shape) for encoders that take one batch
         dimension; undo with ``features.reshape(*leading, out_dim)``. A wrong shape raises ``ShapeMismatchError``."""
         self.check_shape(observations)
-        leading = tuple(observations.shape[: -len(self.obs_shape)])
-        return observations.reshape(-1, *self.obs_shape), leading
+        shape = self.input_shape
+        leading = tuple(observations.shape[: -len(shape)])
+        return observations.reshape(-1, *shape), leading

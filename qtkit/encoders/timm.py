@@ -54,7 +54,8 @@ class TimmEncoder(ImageEncoder):
 
     ``features``: a Linear projection to that width (None: the model's ``num_features``). ``pretrained`` loads
     timm's weights (a download). Frames are normalised with the model's data-config mean/std and not resized.
-    ``augment``: DrQ random shift, training mode only (0: off). A proprioceptive vector (``proprio_dim``, from
+    ``augment``: DrQ random shift, training mode only (0: off). ``frame_stack``: the last that many frames, on
+    the channel axis (``in_chans = C * frame_stack``). A proprioceptive vector (``proprio_dim``, from
     the data) is concatenated after: ``out_dim = features (or num_features) + proprio_dim``.
     """
 
@@ -65,6 +66,7 @@ class TimmEncoder(ImageEncoder):
         pretrained: bool = False,
         features: PositiveInt | None = None,
         augment: NonNegativeInt = 4,
+        frame_stack: PositiveInt = 1,
         proprio_dim: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
@@ -74,6 +76,8 @@ class TimmEncoder(ImageEncoder):
         where = "encoder 'timm'"
         h, w, c = image_shape(obs_shape, where)
         self.obs_shape = (h, w, c)
+        self.frame_stack = int(frame_stack)
+        c = c * self.frame_stack  # stacked frames are channels
         self.model, self.pretrained, self.features, self.augment = model, pretrained, features, augment
         try:
             self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=c)
