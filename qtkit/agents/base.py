@@ -155,6 +155,8 @@ class Agent(abc.ABC):
         self.encoder: Encoder = encoder if encoder is not None else FlatEncoder(
             shapes.get("obs_shape") or [shapes["obs_dim"]], shapes["obs_dim"])
         self.policy = policy
+        #: the critic's own encoder (QT's ``train.critic_encoder: separate``); None: the critic reads ``encoder``'s
+        self.critic_encoder: Encoder | None = None
         self.critic = critic
         self.backup = backup
         self.sampler = sampler
@@ -224,15 +226,16 @@ class Agent(abc.ABC):
         return out
 
     # ------------------------------------------------------------------ observations -> features
-    def encode(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
-        """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]``.
+    def encode(self, observations: Tensor, proprio: Tensor | None = None, encoder: Encoder | None = None) -> Tensor:
+        """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]`` of
+        ``encoder`` (default the agent's; the critic's own with ``critic_encoder``).
 
         Vector observations are standardised with the dataset's statistics first (``flat`` then passes them on:
         the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8),
         with the raw proprioceptive vector ``proprio [..., P]`` (image + vector observations; standardised here
         with the dataset's ``proprio_mean``/``proprio_std``) when the data has one.
         """
-        encoder = self.encoder
+        encoder = self.encoder if encoder is None else encoder
         if encoder.is_image:  # frames [..., H, W, C] ([..., F, H, W, C] stacked), or flattened [..., H * W * C]
             shape = tuple(encoder.obs_shape)
             if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
@@ -424,6 +427,8 @@ class Agent(abc.ABC):
         if self.critic is not None:
             self.critic.train()
         self.encoder.train()
+        if self.critic_encoder is not None:
+            self.critic_encoder.train()
 
     def fit(
         self,

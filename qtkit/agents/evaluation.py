@@ -46,6 +46,8 @@ class Rollout:
             timesteps=torch.zeros(num_envs, self.K, dtype=torch.long, device=device),
             mask=torch.zeros(num_envs, self.K, dtype=torch.bool, device=device),
             rtg=torch.zeros(num_envs, rows, self.K, device=device),
+            critic_states=None if agent.critic_encoder is None else torch.zeros(
+                num_envs, self.K, agent.critic_encoder.out_dim, device=device),
         )
         self.t = torch.zeros(num_envs, dtype=torch.long, device=device)
         self.current_rtg = self._initial_rtg(num_envs)
@@ -91,6 +93,8 @@ class Rollout:
         ctx.states, ctx.actions, ctx.timesteps, ctx.mask = (
             torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
+        if ctx.critic_states is not None:
+            ctx.critic_states = torch.roll(ctx.critic_states, -1, dims=1)
         agent.encoder.eval()
         if self.frames is not None:  # frame stacking: push the new frame; an episode's first fills the stack
             fresh = self.t == 0
@@ -99,6 +103,10 @@ class Rollout:
             self.frames[fresh] = obs[fresh].unsqueeze(1)
             obs = self.frames
         ctx.states[:, -1] = agent.encode(obs, proprio)
+        if ctx.critic_states is not None:
+            assert agent.critic_encoder is not None
+            agent.critic_encoder.eval()
+            ctx.critic_states[:, -1] = agent.encode(obs, proprio, encoder=agent.critic_encoder)
         ctx.actions[:, -1] = 0.0
         ctx.timesteps[:, -1] = self.t
         ctx.mask[:, -1] = True
@@ -122,6 +130,8 @@ class Rollout:
             index = torch.as_tensor(np.flatnonzero(done), device=self.agent.device)
             self.ctx.mask[index] = False
             self.ctx.states[index] = 0.0
+            if self.ctx.critic_states is not None:
+                self.ctx.critic_states[index] = 0.0
             self.ctx.actions[index] = 0.0
             self.ctx.timesteps[index] = 0
             self.ctx.rtg[index] = 0.0
