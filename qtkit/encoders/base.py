@@ -50,7 +50,7 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
-        """``observations [..., *obs_shape]`` (uint8 or float), ``proprio [..., proprio_dim]`` (float, standardised;
+        """``observations [..., *input_shape]`` (uint8 or float), ``proprio [..., proprio_dim]`` (float, standardised;
         only when ``proprio_dim > 0``) -> ``features [..., out_dim]`` float32."""
 
     def check_proprio(self, proprio: Tensor | None, leading: tuple[int, ...]) -> None:
