@@ -423,6 +423,7 @@ class Agent(abc.ABC):
         return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
 
     # ------------------------------------------------------------------ training
+    @torch.compiler.disable  # compile_step: eager here (the LR and step counter change every step: no recompiles)
     def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Scheduler | None, loss: Tensor,
                        parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
