@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50; smoke 3)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps by fit (default 10; smoke 6; compiled steps settle after ~3)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up steps by fit (default 10; smoke 6): compiled steps settle after ~3")
     parser.add_argument("--act-calls", type=int, default=None, help="timed act calls (default 50; smoke 3)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for MFU (default: table)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu"))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import gpu  # noqa: E402  (benchmarks/gpu.py)
+from benchmarks import gpu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

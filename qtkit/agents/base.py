@@ -210,8 +210,10 @@ class Agent(abc.ABC):
         """One gradient step on ``batch`` (on the agent's device); advances :attr:`step` by one.
 
         ``diagnose``: also return the value diagnostics (:mod:`qtkit.agents.diagnostics`); the update is the
-        same. Returns the step's metrics as floats. A non-finite loss raises :class:`~qtkit.errors.TrainingError`
-        (see :meth:`step_optimizer`).
+        same. Returns the step's metrics through :meth:`step_metrics`: floats, or with ``train.sync_free`` 0-d
+        device tensors except on the ``diagnose`` steps. A non-finite loss raises :class:`~qtkit.errors.TrainingError`
+        at that step (see :meth:`step_optimizer`), or with ``train.sync_free`` at the next ``diagnose`` step,
+        checkpoint or evaluation (:meth:`check_finite`).
         """
 
     def compile_modules(self) -> None:
@@ -428,7 +430,8 @@ class Agent(abc.ABC):
                        parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
         LR of the next step. A non-finite ``loss`` (``what``: "policy", "critic") raises a TrainingError and
-        changes nothing."""
+        changes nothing; with ``train.sync_free`` it is only recorded on the device (no sync) and raised by
+        :meth:`check_finite` at the next logged step, checkpoint or evaluation (the updates in between applied)."""
         if optimizer is None:
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
         if self.train_config.sync_free:
