@@ -214,3 +214,47 @@ def test_dataset_arrays_are_not_copied_on_cpu() -> None:
     data = short_episodes()
     sampler = DeviceWindowSampler(data, 5, "cpu")
     assert sampler.obs.data_ptr() == np.asarray(data._obs).ctypes.data
+
+
+# ------------------------------------------------------------------------------------------ no host reads
+class ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records where a tensor's value is read on the host (``.item()``, ``float(t)``, ``bool(t)``, ``if t:``: the
+    op ``aten._local_scalar_dense``) or an output's shape depends on its values (``nonzero``, boolean indexing):
+    on a GPU each is a host-device sync. Keyed by the innermost qtkit frame ``file:lineno: source``."""
+
+    OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func._schema.name in self.OPS:
+            import traceback
+
+            frames = [f for f in traceback.extract_stack() if "/qtkit/" in f.filename]
+            where = frames[-1] if frames else None
+            self.sites.add(f"{Path(where.filename).name}:{where.lineno}: {where.line}" if where else func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+#: host reads a sync-free QT step may make: only on CPU tensors whatever the device (the generator's member draw),
+#: or only when the tensors are on the CPU (gpt2's all-valid-mask shortcut, guarded by ``mask.device.type == "cpu"``)
+CPU_ONLY_READS = ("i, j = int(members[0]), int(members[-1])", 'mask.device.type == "cpu"')
+
+
+@pytest.mark.parametrize("preset", ["qt-gpt-nstep", "dt-gpt"])
+def test_sync_free_step_reads_nothing_from_the_device(data: TrajectoryDataset, preset: str) -> None:
+    """A sync-free, non-logged QT step reads no tensor value on the host except the CPU-only reads listed above
+    (the default path reads every metric and each loss's finiteness: the detector sees those)."""
+    for sync_free in (True, False):
+        agent, _ = trained(data, preset, steps=2, sync_free=sync_free, device_windows=True)
+        sampler = DeviceWindowSampler(data, agent.train_config.context, "cpu", rtg_scale=agent.train_config.rtg_scale)
+        batch = sampler.sample(agent.train_config.batch_size, agent.generator)
+        with ScalarReads() as reads:
+            agent.train_step(batch, diagnose=False)
+        unexpected = {site for site in reads.sites if not any(ok in site for ok in CPU_ONLY_READS)}
+        if sync_free:
+            assert unexpected == set(), f"host reads of device values in a sync-free step: {sorted(unexpected)}"
+        else:
+            assert any("base.py" in site for site in unexpected), reads.sites  # the detector does see them
