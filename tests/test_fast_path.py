@@ -258,3 +258,21 @@ def test_sync_free_step_reads_nothing_from_the_device(data: TrajectoryDataset, p
             assert unexpected == set(), f"host reads of device values in a sync-free step: {sorted(unexpected)}"
         else:
             assert any("base.py" in site for site in unexpected), reads.sites  # the detector does see them
+
+
+def test_observation_statistics_are_copied_to_an_accelerator_once(data: TrajectoryDataset) -> None:
+    """Off the CPU (the meta device stands in for CUDA here) ``standardize`` reuses its copies of the statistics,
+    and takes new ones when the agent's statistics are replaced (prepare, load)."""
+    agent = qtkit.build("dt-gpt", dataset=data, **tiny("dt-gpt"))
+    obs = torch.zeros(2, data.obs_dim, device="meta")
+    agent.standardize(obs)
+    first = dict(agent._stats_on_device)
+    agent.standardize(obs)
+    assert list(first) == [(torch.device("meta"), torch.float32)]
+    key = next(iter(first))
+    assert agent._stats_on_device[key][2] is first[key][2]  # reused, not copied again
+    agent.obs_mean = torch.ones(data.obs_dim)
+    agent.standardize(obs)
+    assert agent._stats_on_device[key][0] is agent.obs_mean  # refreshed
+    cpu = torch.ones(2, data.obs_dim)
+    torch.testing.assert_close(agent.standardize(cpu), (cpu - agent.obs_mean) / agent.obs_std, rtol=0, atol=0)

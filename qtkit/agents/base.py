@@ -194,6 +194,8 @@ class Agent(abc.ABC):
         # train.sync_free: per loss kind, (non-finite seen [0-d bool], first such step, its value) on the device
         self._nonfinite: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self._checked_step = 0  # the step of the last check_finite()
+        # standardize(): (obs_mean, obs_std, their copies) per (device, dtype), for accelerators
+        self._stats_on_device: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ what a family provides
     @abc.abstractmethod
@@ -422,7 +424,15 @@ class Agent(abc.ABC):
             self.critic.prepare(dataset)  # e.g. ar-q resolves its conservative floor from the rewards
 
     def standardize(self, observations: Tensor) -> Tensor:
-        return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+        if observations.device.type == "cpu":
+            return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+        # on an accelerator: the statistics' device copies are cached (a blocking host-to-device copy syncs)
+        key = (observations.device, observations.dtype)
+        cached = self._stats_on_device.get(key)
+        if cached is None or cached[0] is not self.obs_mean or cached[1] is not self.obs_std:
+            cached = (self.obs_mean, self.obs_std, self.obs_mean.to(observations), self.obs_std.to(observations))
+            self._stats_on_device[key] = cached
+        return (observations - cached[2]) / cached[3]
 
     # ------------------------------------------------------------------ training
     @torch.compiler.disable  # compile_step: eager here (the LR and step counter change every step: no recompiles)
