@@ -23,8 +23,11 @@ FLOPs per step: ``torch.utils.flop_counter.FlopCounterMode`` over one eager fp32
 and backward, every pass of the step); tokens per step: the tokens that enter the backbone in that step (a forward
 hook), 3 per timestep for the GPT policy, the ar-q critic's own sequence for Q-Transformer. MFU = FLOPs/step x steps/s
 / the device's dense peak for the variant's math (fp32, TF32, or bf16 for bf16 variants) from ``PEAK_TFLOPS`` or
-``--peak-tflops``. Acting: ``Rollout.act`` of ``qt-gpt-nstep`` with its ``rtg-grid`` sampler (50 candidates scored by
-the critic) for one environment after the context has filled, median milliseconds per call.
+``--peak-tflops``. syncs/step (CUDA): host-device synchronisations of one batch + step, counted with
+``torch.cuda.set_sync_debug_mode("warn")`` (the sync-free QT step should show 0; ``qtransformer``'s ``ar-q`` critic
+gathers the valid rows by boolean indexing, data-dependent shapes that sync). Acting: ``Rollout.act`` of
+``qt-gpt-nstep`` with its ``rtg-grid`` sampler (50 candidates scored by the critic) for one environment after the
+context has filled, median milliseconds per call.
 
 ``--smoke`` (automatic without CUDA): tiny sizes, 3 timed steps, the compiled variants with the ``aot_eager`` backend
 (no C++ compiler; CUDA graphs need CUDA, so that row runs the same compiled step): it checks that the script runs,
@@ -168,6 +171,7 @@ def time_variant(preset: str, variant: str, dataset: TrajectoryDataset, args: ar
         agent.train_step(next_batch(), diagnose=False)
     sync(agent.device)
     seconds = (time.perf_counter() - start) / args.steps
+    syncs = count_syncs(agent, next_batch)
     flops, tokens = count_step(agent, next_batch())
     math = "bf16" if switches["precision"] == "bf16" else ("tf32" if switches["tf32"] and agent.device.type == "cuda"
                                                             else "fp32")
@@ -176,7 +180,25 @@ def time_variant(preset: str, variant: str, dataset: TrajectoryDataset, args: ar
     return {"preset": preset, "variant": variant, "size": f"B {tc.batch_size} x K {tc.context}",
             "steps_s": 1.0 / seconds, "ms": seconds * 1e3, "tokens_s": tokens / seconds,
             "tflops": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / (peak * 1e12),
-            "gflop": flops / 1e9, "math": math}
+            "gflop": flops / 1e9, "math": math, "syncs": syncs}
+
+
+def count_syncs(agent: Any, next_batch: Callable[[], Any]) -> int | None:
+    """Host-device syncs of one batch + step on CUDA (``torch.cuda.set_sync_debug_mode``: one warning per
+    synchronising call); None on the CPU."""
+    if agent.device.type != "cuda":
+        return None
+    import warnings
+
+    torch.cuda.synchronize(agent.device)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            agent.train_step(next_batch(), diagnose=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
 def acting_latency(dataset: TrajectoryDataset, variant: str, args: argparse.Namespace) -> float:
@@ -218,13 +240,14 @@ def table(rows: list[dict[str, Any]], acting: dict[str, float], args: argparse.N
         f"Command: `{' '.join(['python', 'benchmarks/gpu.py', *sys.argv[1:]])}`; torch {torch.__version__}; "
         f"{args.warmup} warm-up steps (excluded), {args.steps} timed steps per variant.",
         "",
-        "| preset | size | variant | steps/s | ms/step | tokens/s | GFLOP/step | TFLOP/s | MFU (math) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| preset | size | variant | steps/s | ms/step | tokens/s | GFLOP/step | TFLOP/s | MFU (math) | syncs/step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} % ({r['math']})"
         lines.append(f"| {r['preset']} | {r['size']} | {r['variant']} | {r['steps_s']:.1f} | {r['ms']:.2f} | "
-                     f"{r['tokens_s']:,.0f} | {r['gflop']:.2f} | {r['tflops']:.2f} | {mfu} |")
+                     f"{r['tokens_s']:,.0f} | {r['gflop']:.2f} | {r['tflops']:.2f} | {mfu} | "
+                     f"{'n/a' if r['syncs'] is None else r['syncs']} |")
     if acting:
         lines += ["", "Acting: `qt-gpt-nstep`, `rtg-grid` with 50 candidates scored by the critic, one env, "
                   "`Rollout.act` after the context filled (median):", "",
