@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None,
                         help="warm-up steps by fit (default 10; smoke 6): compiled steps settle after ~3")
     parser.add_argument("--act-calls", type=int, default=None, help="timed act calls (default 50; smoke 3)")
+    parser.add_argument("--budget", type=float, default=360.0,
+                        help="seconds after which no further variant starts (the run must stay under 8 min on an H200)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for MFU (default: table)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
@@ -351,14 +353,25 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     began = time.perf_counter()
     rows = []
-    for preset in args.presets.split(","):
-        for variant in args.variants.split(","):
-            rows.append(time_variant(preset, variant, dataset, args))
-            print(f"[{time.perf_counter() - began:6.0f} s] {preset} {variant}: {rows[-1]['steps_s']:.1f} steps/s",
-                  file=sys.stderr)
+    skipped = []
+    # eager variants of every preset first, then the compiled ones (the slow compilations), within --budget
+    order = sorted(((p, v) for p in args.presets.split(",") for v in args.variants.split(",")),
+                   key=lambda pv: bool(VARIANTS[pv[1]].get("compile_step")))
+    for preset, variant in order:
+        if time.perf_counter() - began > args.budget:
+            skipped.append(f"{preset} {variant}")
+            continue
+        rows.append(time_variant(preset, variant, dataset, args))
+        print(f"[{time.perf_counter() - began:6.0f} s] {preset} {variant}: {rows[-1]['steps_s']:.1f} steps/s",
+              file=sys.stderr)
+    position = {(p, v): i for i, (p, v) in enumerate((p, v) for p in args.presets.split(",")
+                                                     for v in args.variants.split(","))}
+    rows.sort(key=lambda r: position[(r["preset"], r["variant"])])
     acting = {v: acting_latency(dataset, v, args) for v in args.variants.split(",")
               if v in ("baseline", "tf32", "bf16") and "qt-gpt-nstep" in args.presets.split(",")}
     text = table(rows, acting, args, device)
+    if skipped:
+        text += f"\nNot run (past the --budget of {args.budget:.0f} s): {', '.join(skipped)}.\n"
     print(text)
     name = re.sub(r"[^a-z0-9]+", "-", device_label(device).lower()).strip("-")
     path = atomic_write_text(Path(args.out) / f"{'smoke-' if args.smoke else ''}{name}.md", text)
