@@ -136,8 +136,9 @@ def test_deferred_non_finite_check_raises_at_the_logged_step(data: TrajectoryDat
     with pytest.raises(TrainingError) as caught:
         agent.fit(data, steps=12, log_dir=tmp_path, progress=False)
     message = str(caught.value)
-    assert "non-finite critic loss (nan) at step 4, found at step 8" in message, message
-    assert "steps 5..8 were not checked one by one" in message and "sync_free=false" in message, message
+    assert "non-finite critic loss (nan) at step 5, found at step 8" in message, message  # metrics.csv's numbers
+    assert "last check: step 4" in message and "the updates of steps 5..8 were applied" in message, message
+    assert "--set sync_free=false" in message and "Lower the learning rate" in message, message
     assert "The last good checkpoint is in" in message, message
     assert agent.step == 8  # the updates between the bad step and the check were applied ...
     assert (tmp_path / "checkpoint" / "weights.safetensors").read_bytes() == good  # ... and never saved
@@ -152,7 +153,7 @@ def test_deferred_non_finite_check_runs_before_a_checkpoint(data: TrajectoryData
     good = (tmp_path / "checkpoint" / "weights.safetensors").read_bytes()
     with torch.no_grad():
         next(agent.critic.net.parameters()).fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"non-finite critic loss \(nan\) at step 2, found at step 3"):
+    with pytest.raises(TrainingError, match=r"non-finite critic loss \(nan\) at step 3, found at step 3"):
         agent.fit(data, steps=40, checkpoint_every=1, log_dir=tmp_path, progress=False)
     assert agent.step == 3
     assert (tmp_path / "checkpoint" / "weights.safetensors").read_bytes() == good

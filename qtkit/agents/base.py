@@ -463,12 +463,13 @@ class Agent(abc.ABC):
         non-finite, and the step and value of the first non-finite one since the last :meth:`check_finite`."""
         loss = loss.detach().float()
         bad = ~torch.isfinite(loss)
+        step = self.step + 1  # the number metrics.csv gives this step
         seen = self._nonfinite.get(what)
         if seen is None:
-            self._nonfinite[what] = (bad, torch.where(bad, self.step, -1), loss)
+            self._nonfinite[what] = (bad, torch.where(bad, step, -1), loss)
             return
         flag, first, value = seen
-        self._nonfinite[what] = (flag | bad, torch.where(flag, first, torch.where(bad, self.step, -1)),
+        self._nonfinite[what] = (flag | bad, torch.where(flag, first, torch.where(bad, step, -1)),
                                  torch.where(flag, value, loss))
 
     def check_finite(self) -> None:
@@ -491,11 +492,12 @@ class Agent(abc.ABC):
             return
         what, first, value = min(bad, key=lambda b: b[1])
         raise TrainingError(
-            f"non-finite {what} loss ({value}) at step {first}, found at step {self.step} (train.sync_free checks "
-            f"losses every log_every steps and before checkpoints and evaluations: steps {self._checked_step + 1}.."
-            f"{self.step} were not checked one by one, and the updates from step {first} on were applied, so the "
-            f"weights in memory are unusable; no checkpoint is written from them). {_NON_FINITE_HINT} "
-            "For the exact per-step check that stops before a bad update: --set sync_free=false."
+            f"non-finite {what} loss ({value}) at step {first}, found at step {self.step} (steps numbered as in "
+            f"metrics.csv). train.sync_free checks the losses every log_every steps and before checkpoints and "
+            f"evaluations, not at each step (last check: step {self._checked_step}): the updates of steps "
+            f"{first}..{self.step} were applied, so the weights in memory are unusable and no checkpoint is written "
+            f"from them. {_NON_FINITE_HINT} For the exact per-step check, which stops before a bad update: "
+            "--set sync_free=false."
         )
 
     def step_metrics(self, metrics: dict[str, Tensor | float], diagnose: bool) -> dict[str, Any]:
