@@ -277,3 +277,37 @@ def test_observation_statistics_are_copied_to_an_accelerator_once(data: Trajecto
     assert agent._stats_on_device[key][0] is agent.obs_mean  # refreshed
     cpu = torch.ones(2, data.obs_dim)
     torch.testing.assert_close(agent.standardize(cpu), (cpu - agent.obs_mean) / agent.obs_std, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ precision switches
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_switch_sets_the_cuda_matmul_flags(data: TrajectoryDataset, tf32: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.tf32`` is applied both ways when the device is CUDA (simulated here: no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        agent = qtkit.build("dt-gpt", dataset=data, **tiny("dt-gpt"), device="cuda", tf32=tf32)
+        assert agent.resolve_device() == torch.device("cuda")
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("preset", ["qt-gpt-nstep", "qtransformer"])
+def test_bf16_precision_autocasts_the_training_matmuls(data: TrajectoryDataset, preset: str) -> None:
+    """``precision: bf16`` runs the step's linear layers in bfloat16 (fp32: float32), weights staying float32."""
+    for precision, want in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        agent, _ = trained(data, preset, steps=1, precision=precision)
+        seen: set[torch.dtype] = set()
+        linears = [m for module in agent.modules().values() for m in module.modules() if isinstance(m, torch.nn.Linear)]
+        handles = [m.register_forward_hook(lambda m, i, out: seen.add(out.dtype)) for m in linears]
+        batch = data.sample_windows(8, agent.train_config.context, agent.generator,
+                                    rtg_scale=agent.train_config.rtg_scale)
+        agent.train_step(batch)
+        for h in handles:
+            h.remove()
+        assert seen == {want}, (precision, seen)
+        assert all(p.dtype == torch.float32 for p in agent.policy.parameters())
