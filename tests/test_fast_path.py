@@ -303,7 +303,7 @@ def test_bf16_precision_autocasts_the_training_matmuls(data: TrajectoryDataset, 
         agent, _ = trained(data, preset, steps=1, precision=precision)
         seen: set[torch.dtype] = set()
         linears = [m for module in agent.modules().values() for m in module.modules() if isinstance(m, torch.nn.Linear)]
-        handles = [m.register_forward_hook(lambda m, i, out: seen.add(out.dtype)) for m in linears]
+        handles = [m.register_forward_hook(lambda m, i, out, seen=seen: seen.add(out.dtype)) for m in linears]
         batch = data.sample_windows(8, agent.train_config.context, agent.generator,
                                     rtg_scale=agent.train_config.rtg_scale)
         agent.train_step(batch)
@@ -311,3 +311,19 @@ def test_bf16_precision_autocasts_the_training_matmuls(data: TrajectoryDataset, 
             h.remove()
         assert seen == {want}, (precision, seen)
         assert all(p.dtype == torch.float32 for p in agent.policy.parameters())
+
+
+# ------------------------------------------------------------------------------------------ every preset
+@pytest.mark.parametrize("preset", qtkit.list_presets())
+def test_fast_switches_reproduce_the_recorded_fingerprints(preset: str) -> None:
+    """Every preset (pixel presets with uint8 frames on the device sampler included) trained with ``device_windows``
+    and ``sync_free`` gives the weights of tests/fingerprints.json bit for bit, as the default path does."""
+    from tests import test_fingerprint as fp
+
+    torch.manual_seed(fp.SEED)
+    data = pixel_dataset(seed=0) if preset.endswith("-pixels") else pendulum_dataset(seed=0)
+    agent = qtkit.build(preset, dataset=data, seed=fp.SEED, device="cpu", device_windows=True, sync_free=True,
+                        **tiny(preset))
+    agent.fit(data, steps=fp.STEPS, progress=False)
+    recorded = fp.read()["presets"][preset]
+    assert fp.fingerprint(agent.state_dict())["sha256"] == recorded["sha256"], preset
