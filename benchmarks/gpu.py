@@ -20,8 +20,9 @@ sampler ``fit`` uses; CUDA is synchronised before and after the timed block only
 - ``cudagraphs``: bf16 + ``compile_step`` with ``compile_mode=reduce-overhead`` (inductor's CUDA graph trees).
 
 FLOPs per step: ``torch.utils.flop_counter.FlopCounterMode`` over one eager fp32 step (matmuls and attention, forward
-and backward, every pass of the step); tokens per step: the tokens that enter the backbone in that step (a forward
-hook), 3 per timestep for the GPT policy, the ar-q critic's own sequence for Q-Transformer. MFU = FLOPs/step x steps/s
+and backward, every pass of the step); tokens per step: the tokens that enter a backbone with gradients on in that
+step (a forward hook; the no-grad bootstrap, target and EMA passes are not counted), 3 per timestep for the GPT
+policy, the ar-q critic's own sequence for Q-Transformer. MFU = FLOPs/step x steps/s
 / the device's dense peak for the variant's math (fp32, TF32, or bf16 for bf16 variants) from ``PEAK_TFLOPS`` or
 ``--peak-tflops``. syncs/step (CUDA): host-device synchronisations of one batch + step, counted with
 ``torch.cuda.set_sync_debug_mode("warn")`` (the sync-free QT step should show 0; ``qtransformer``'s ``ar-q`` critic
@@ -145,7 +146,8 @@ def count_step(agent: Any, batch: Any) -> tuple[float, int]:
     backbones = [sub for module in clone.modules().values() for sub in module.modules() if isinstance(sub, Backbone)]
 
     def hook(module: Any, args: tuple[Any, ...]) -> None:
-        tokens[0] += int(args[0].shape[0]) * int(args[0].shape[1])
+        if torch.is_grad_enabled():  # the trained pass, not the no-grad bootstrap / target / EMA passes
+            tokens[0] += int(args[0].shape[0]) * int(args[0].shape[1])
 
     handles = [m.register_forward_pre_hook(hook) for m in backbones]
     with FlopCounterMode(display=False) as counter:
