@@ -138,6 +138,8 @@ def count_step(agent: Any, batch: Any) -> tuple[float, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     clone = copy.deepcopy(agent)
+    for wrapped in ("train_step", "step_optimizer"):  # compile_step's wrappers (bound to the timed agent): not here
+        clone.__dict__.pop(wrapped, None)
     clone.train_config.precision = "fp32"
     clone.make_optimizers(clone.train_config.steps)
     tokens = [0]
@@ -151,7 +153,7 @@ def count_step(agent: Any, batch: Any) -> tuple[float, int]:
 
     handles = [m.register_forward_pre_hook(hook) for m in backbones]
     with FlopCounterMode(display=False) as counter:
-        type(clone).train_step(clone, batch, diagnose=False)  # the family's step, never a compiled wrapper
+        clone.train_step(batch, diagnose=False)  # the family's eager step
     for h in handles:
         h.remove()
     return float(counter.get_total_flops()), tokens[0]

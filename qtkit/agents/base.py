@@ -236,9 +236,12 @@ class Agent(abc.ABC):
         :meth:`compile_options`), one graph per piece between the graph breaks (backward, the optimiser's step, the
         generator's draws). The logged steps (``diagnose``) run eagerly: their value diagnostics take extra gradients
         with ``retain_graph`` (which compiled backward passes with donated buffers refuse), they are one step in
-        ``log_every``, and the deferred non-finite check syncs there anyway."""
+        ``log_every``, and the deferred non-finite check syncs there anyway. :meth:`step_optimizer` runs eagerly."""
         eager = self.train_step
         compiled = torch.compile(eager, **self.compile_options())
+        # the update stays eager (its LR and the step counter change every step: traced, they would recompile);
+        # wrapped here, not decorated, so that importing qtkit does not import torch._dynamo
+        self.step_optimizer = torch.compiler.disable(self.step_optimizer)  # type: ignore[method-assign]
 
         def train_step(batch: Batch, diagnose: bool = False) -> dict[str, Any]:
             return eager(batch, True) if diagnose else compiled(batch, False)
@@ -435,7 +438,6 @@ class Agent(abc.ABC):
         return (observations - cached[2]) / cached[3]
 
     # ------------------------------------------------------------------ training
-    @torch.compiler.disable  # compile_step: eager here (the LR and step counter change every step: no recompiles)
     def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Scheduler | None, loss: Tensor,
                        parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
