@@ -182,6 +182,24 @@ def test_compiled_step_matches_eager(data: TrajectoryDataset, preset: str) -> No
     assert_same_weights(eager, compiled, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["qt-gpt-nstep", "qtransformer"])
+def test_compiled_step_does_not_recompile_once_warm(data: TrajectoryDataset, preset: str) -> None:
+    """After a few steps the compiled step reuses its graphs: the LR (cosine, changing every step) and the step
+    counter stay out of the traced code, else every step would compile again (or fall back to eager at the limit)."""
+    torch._dynamo.reset()
+    agent = qtkit.build(preset, dataset=data, **{**tiny(preset), "log_every": 100, "compile_step": True,
+                                                 "compile_backend": "aot_eager", "sync_free": True})
+    agent.fit(data, steps=100, until=6, progress=False)  # warm: the cosine LR keeps changing after it
+    sampler = DeviceWindowSampler(data, agent.train_config.context, "cpu", rtg_scale=agent.train_config.rtg_scale)
+    warm = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    lrs = []
+    for _ in range(6):
+        agent.train_step(sampler.sample(agent.train_config.batch_size, agent.generator))
+        lrs.append(agent.critic_optimizer.param_groups[0]["lr"])
+    assert len(set(lrs)) > 1, "the LR must change for this test to mean anything"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warm, "the warm compiled step compiled again"
+
+
 @pytest.mark.slow
 def test_inductor_reduce_overhead_step_runs_on_cpu(data: TrajectoryDataset) -> None:
     """The CUDA-graph mode's code path (inductor, ``reduce-overhead``; CPU: C++ kernels, graphs skipped) runs and
