@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: test demo install lint bench clean
+.PHONY: test demo install lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/backups.py --device cpu --threads 1 --repeats 3
 	$(PY) benchmarks/training.py --sizes small --threads 2 --repeats 3
 	$(PY) benchmarks/ar_q.py --device cpu --threads 1 --repeats 3 --calls 5
+
+# GPU throughput of the fast path (issue 18): steps/s, tokens/s, MFU per variant, acting latency; under 8 min on
+# one H200; without CUDA it runs --smoke (tiny sizes). Table in benchmarks/results/gpu/.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

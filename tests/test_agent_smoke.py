@@ -106,9 +106,11 @@ def test_seeded_runs_are_reproducible(data: TrajectoryDataset) -> None:
 
 def test_compile_routes_the_training_forward_passes(data: TrajectoryDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     compiled: list[torch.nn.Module] = []
+    options: list[dict[str, object]] = []
 
-    def fake_compile(module: torch.nn.Module) -> object:
+    def fake_compile(module: torch.nn.Module, **kwargs: object) -> object:
         compiled.append(module)
+        options.append(kwargs)
 
         def call(*args: object, **kwargs: object) -> object:
             call.count += 1
@@ -121,6 +123,7 @@ def test_compile_routes_the_training_forward_passes(data: TrajectoryDataset, mon
     agent = qtkit.build("qt-gpt-nstep", dataset=data, compile=True, **TINY)
     agent.fit(data, steps=2, progress=False)
     assert compiled == [agent.policy, agent.critic]
+    assert options == [{"backend": "inductor"}] * 2  # train.compile_backend / compile_mode (default mode: not passed)
     assert agent._policy_forward.count == 2 and agent._critic_forward.count == 2
     assert all(not k.startswith("_orig_mod") for k in agent.state_dict())  # checkpoints keep plain keys
 

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from qtkit.samplers.base import Sampler
 
 
+_NON_FINITE_HINT = ("Lower the learning rate or eta, check the dataset for extreme values, or raise grad "
+                    "clipping.")
+
+
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int,
                       lr: float) -> Scheduler | None:
     """The LR schedule of ``optimizer`` (base rate ``lr``) over ``total_steps`` gradient steps.
@@ -119,9 +123,16 @@ class TrainConfig:
     # "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     device: Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?|mps", "cuda:0")] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (CPU or CUDA)
-    tf32: bool = True  # allow TF32 matmuls on CUDA
+    tf32: bool = True  # allow TF32 matmuls on CUDA (False: full fp32 matmuls)
     compile: bool = False  # torch.compile the training forward passes
     log_every: PositiveInt = 100
+    # fast path (issue 18; benchmarks/RESULTS.md "Fast path (issue 18)" has the measurements behind the defaults)
+    device_windows: bool = False  # sample windows on the training device from a device-resident copy of the data
+    sync_free: bool = False  # no host-device sync in a step: metrics stay tensors, non-finite losses checked at log steps
+    compile_step: bool = False  # torch.compile the whole train_step (graph breaks at backward and the optimiser)
+    # torch.compile mode of compile / compile_step: "reduce-overhead" adds CUDA graphs (inductor, CUDA only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # aot_eager/eager: no C++ compiler needed
 
     def __post_init__(self) -> None:
         check_dataclass(self, where="section 'train'")  # the ranges declared above (qtkit.params)
@@ -185,6 +196,11 @@ class Agent(abc.ABC):
         self.eval_history: list[dict[str, Any]] = []  # evaluations during fit (kept across resumes)
         self._compiled = False
         self._rollout: Rollout | None = None
+        # train.sync_free: per loss kind, (non-finite seen [0-d bool], first such step, its value) on the device
+        self._nonfinite: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._checked_step = 0  # the step of the last check_finite()
+        # standardize(): (obs_mean, obs_std, their copies) per (device, dtype), for accelerators
+        self._stats_on_device: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ what a family provides
     @abc.abstractmethod
@@ -201,13 +217,42 @@ class Agent(abc.ABC):
         """One gradient step on ``batch`` (on the agent's device); advances :attr:`step` by one.
 
         ``diagnose``: also return the value diagnostics (:mod:`qtkit.agents.diagnostics`); the update is the
-        same. Returns the step's metrics as floats. A non-finite loss raises :class:`~qtkit.errors.TrainingError`
-        (see :meth:`step_optimizer`).
+        same. Returns the step's metrics through :meth:`step_metrics`: floats, or with ``train.sync_free`` 0-d
+        device tensors except on the ``diagnose`` steps. A non-finite loss raises :class:`~qtkit.errors.TrainingError`
+        at that step (see :meth:`step_optimizer`), or with ``train.sync_free`` at the next ``diagnose`` step,
+        checkpoint or evaluation (:meth:`check_finite`).
         """
 
     def compile_modules(self) -> None:
         """Route the training passes through ``torch.compile`` (``train.compile``); default: nothing to compile."""
         return None
+
+    def compile_options(self) -> dict[str, Any]:
+        """``torch.compile`` keyword arguments from ``train.compile_backend`` and ``train.compile_mode`` (a mode only
+        for inductor; ``reduce-overhead`` records CUDA graphs of the compiled graphs on CUDA, nothing on CPU)."""
+        tc = self.train_config
+        options: dict[str, Any] = {"backend": tc.compile_backend}
+        if tc.compile_backend == "inductor" and tc.compile_mode != "default":
+            options["mode"] = tc.compile_mode
+        return options
+
+    def _compiled_train_step(self) -> Any:
+        """``train.compile_step``: this agent's :meth:`train_step` through ``torch.compile`` (options:
+        :meth:`compile_options`), one graph per piece between the graph breaks (backward, the optimiser's step, the
+        generator's draws). The logged steps (``diagnose``) run eagerly: their value diagnostics take extra gradients
+        with ``retain_graph`` (which compiled backward passes with donated buffers refuse), they are one step in
+        ``log_every``, and the deferred non-finite check syncs there anyway. :meth:`step_optimizer` runs eagerly."""
+        eager = self.train_step
+        compiled = torch.compile(eager, **self.compile_options())
+        # the update stays eager (its LR and the step counter change every step: traced, they would recompile);
+        # wrapped here, not decorated, so that importing qtkit does not import torch._dynamo
+        self.step_optimizer = torch.compiler.disable(self.step_optimizer)  # type: ignore[method-assign]
+
+        def train_step(batch: Batch, diagnose: bool = False) -> dict[str, Any]:
+            return eager(batch, True) if diagnose else compiled(batch, False)
+
+        train_step.compiled = compiled  # type: ignore[attr-defined]
+        return train_step
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -327,9 +372,9 @@ class Agent(abc.ABC):
                 have = f"only {count} CUDA device(s)" if count else "no CUDA GPU (torch.cuda.is_available() is False)"
                 raise ConfigError(f"train.device={wanted!r} but this machine has {have}. Fix: --set device=cpu "
                                   "(or device=auto: the GPU when there is one).")
-        if device.type == "cuda" and self.train_config.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if device.type == "cuda":  # TF32 tensor-core matmuls (process-wide, like torch's own flags)
+            torch.backends.cuda.matmul.allow_tf32 = self.train_config.tf32
+            torch.backends.cudnn.allow_tf32 = self.train_config.tf32
         return device
 
     def check_fit(self, dataset: TrajectoryDataset, strict_context: bool = True) -> None:
@@ -395,20 +440,31 @@ class Agent(abc.ABC):
             self.critic.prepare(dataset)  # e.g. ar-q resolves its conservative floor from the rewards
 
     def standardize(self, observations: Tensor) -> Tensor:
-        return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+        if observations.device.type == "cpu":
+            return (observations - self.obs_mean.to(observations)) / self.obs_std.to(observations)
+        # on an accelerator: the statistics' device copies are cached (a blocking host-to-device copy syncs)
+        key = (observations.device, observations.dtype)
+        cached = self._stats_on_device.get(key)
+        if cached is None or cached[0] is not self.obs_mean or cached[1] is not self.obs_std:
+            cached = (self.obs_mean, self.obs_std, self.obs_mean.to(observations), self.obs_std.to(observations))
+            self._stats_on_device[key] = cached
+        return (observations - cached[2]) / cached[3]
 
     # ------------------------------------------------------------------ training
     def step_optimizer(self, optimizer: torch.optim.Optimizer | None, scheduler: Scheduler | None, loss: Tensor,
                        parameters: Iterable[Tensor], clip: float | None, what: str) -> None:
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
         LR of the next step. A non-finite ``loss`` (``what``: "policy", "critic") raises a TrainingError and
-        changes nothing."""
+        changes nothing; with ``train.sync_free`` it is only recorded on the device (no sync) and raised by
+        :meth:`check_finite` at the next logged step, checkpoint or evaluation (the updates in between applied)."""
         if optimizer is None:
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
-        if not torch.isfinite(loss):
+        if self.train_config.sync_free:
+            self._watch_loss(loss, what)  # device-side bookkeeping; checked by check_finite() at log steps
+        elif not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite {what} loss ({float(loss.detach())}) at step {self.step}; the step was not applied. "
-                "Lower the learning rate or eta, check the dataset for extreme values, or raise grad clipping."
+                f"{_NON_FINITE_HINT}"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -416,6 +472,59 @@ class Agent(abc.ABC):
             torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
         lr_schedule_update(scheduler, self.step + 1, self.train_config.lr_update_every)
+
+    def _watch_loss(self, loss: Tensor, what: str) -> None:
+        """``train.sync_free``: remember, on the loss's device and without a sync, whether ``loss`` (0-d) is
+        non-finite, and the step and value of the first non-finite one since the last :meth:`check_finite`."""
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss)
+        step = self.step + 1  # the number metrics.csv gives this step
+        seen = self._nonfinite.get(what)
+        if seen is None:
+            self._nonfinite[what] = (bad, torch.where(bad, step, -1), loss)
+            return
+        flag, first, value = seen
+        self._nonfinite[what] = (flag | bad, torch.where(flag, first, torch.where(bad, step, -1)),
+                                 torch.where(flag, value, loss))
+
+    def check_finite(self) -> None:
+        """Raise the :class:`~qtkit.errors.TrainingError` of a non-finite loss seen since the last check
+        (``train.sync_free``; one host-device sync; nothing to do otherwise).
+
+        Called by :meth:`step_metrics` on the steps the loop logs, and before every checkpoint and evaluation, so
+        a checkpoint never holds weights updated by a non-finite loss. Unlike the per-step check (``sync_free``
+        false), the updates between the bad step and this check were applied: the weights in memory are not
+        usable, the last good checkpoint is. The failure stays armed: a later save or check raises again.
+        """
+        if not self._nonfinite:
+            self._checked_step = self.step
+            return
+        bad = [(what, int(first), float(value)) for what, (flag, first, value) in self._nonfinite.items()
+               if bool(flag)]
+        if not bad:
+            self._nonfinite.clear()
+            self._checked_step = self.step
+            return
+        what, first, value = min(bad, key=lambda b: b[1])
+        raise TrainingError(
+            f"non-finite {what} loss ({value}) at step {first}, found at step {self.step} (steps numbered as in "
+            f"metrics.csv). train.sync_free checks the losses every log_every steps and before checkpoints and "
+            f"evaluations, not at each step (last check: step {self._checked_step}): the updates of steps "
+            f"{first}..{self.step} were applied, so the weights in memory are unusable and no checkpoint is written "
+            f"from them. {_NON_FINITE_HINT} For the exact per-step check, which stops before a bad update: "
+            "--set sync_free=false."
+        )
+
+    def step_metrics(self, metrics: dict[str, Tensor | float], diagnose: bool) -> dict[str, Any]:
+        """What a family's :meth:`train_step` returns: the step's metrics as floats (one sync per metric), or with
+        ``train.sync_free`` detached tensors still on the device, except on the logged steps (``diagnose``), where
+        the deferred non-finite check runs first (:meth:`check_finite`) and the metrics are read as floats."""
+        if not self.train_config.sync_free:
+            return {k: float(v) for k, v in metrics.items()}
+        if diagnose:
+            self.check_finite()
+            return {k: float(v) for k, v in metrics.items()}
+        return {k: v.detach() if isinstance(v, Tensor) else v for k, v in metrics.items()}
 
     def train_mode(self) -> None:
         """Back to training after an evaluation during :meth:`fit` (the shared loop calls it): policy and critic.
@@ -487,9 +596,22 @@ class Agent(abc.ABC):
         if tc.compile and not self._compiled:
             self.compile_modules()
             self._compiled = True
+        if tc.compile_step and "train_step" not in self.__dict__:
+            self.train_step = self._compiled_train_step()  # type: ignore[method-assign]
         self.train_mode()
+        self._nonfinite.clear()
+        self._checked_step = self.step
+
+        device_sampler = None
+        if tc.device_windows and not (dataset.is_image and dataset.is_lazy):  # lazy frames: the host sampler
+            from qtkit.data.device_windows import DeviceWindowSampler
+
+            device_sampler = DeviceWindowSampler(dataset, tc.context, self.device, rtg_scale=tc.rtg_scale,
+                                                 frame_stack=self.encoder.frame_stack)
 
         def next_batch() -> Batch:
+            if device_sampler is not None:  # the same windows, gathered on the device
+                return device_sampler.sample(tc.batch_size, self.generator)
             batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale,
                                            frame_stack=self.encoder.frame_stack)
             return batch.to(self.device)
@@ -509,6 +631,7 @@ class Agent(abc.ABC):
         """
         from qtkit.agents.evaluation import evaluate_agent
 
+        self.check_finite()
         if normalized and self.ref_scores is None:
             from qtkit.errors import DataError
 
@@ -577,6 +700,7 @@ class Agent(abc.ABC):
         """Save config (YAML), weights (safetensors) and the resume state, atomically."""
         from qtkit.checkpoint import save_checkpoint
 
+        self.check_finite()  # train.sync_free: never write weights updated by a non-finite loss
         return save_checkpoint(directory, self.config, self._weights(), self._state())
 
     def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:

@@ -48,7 +48,9 @@ class MetricsLogger:
             except ValueError:
                 continue
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """One row at ``step``: ``metrics`` are floats, or 0-d tensors (``train.sync_free``), read here."""
+        metrics = {k: float(v) if hasattr(v, "item") else v for k, v in metrics.items()}
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 else math.nan
         row = {"step": step, "time_s": round(self._time_offset + elapsed, 3), "steps_per_s": round(rate, 3), **metrics}

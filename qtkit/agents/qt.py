@@ -126,8 +126,8 @@ class QTAgent(Agent):
         only the calls in :meth:`train_step` go through the compiled wrappers. On CPU, inductor needs
         a C++ compiler; the first steps pay the compilation.
         """
-        self._policy_forward = torch.compile(self.policy)
-        self._critic_forward = torch.compile(self.critic) if self.critic is not None else None
+        self._policy_forward = torch.compile(self.policy, **self.compile_options())
+        self._critic_forward = torch.compile(self.critic, **self.compile_options()) if self.critic is not None else None
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
@@ -210,7 +210,7 @@ class QTAgent(Agent):
             self.critic.update_target(tc.tau)
         if self.ema_policy is not None and self.step % tc.ema_every == 0:
             self._update_ema()
-        return {k: float(v) for k, v in metrics.items()}
+        return self.step_metrics(metrics, diagnose)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -75,7 +75,7 @@ class QTransformerAgent(Agent):
 
     def compile_modules(self) -> None:
         """Route the critic's training loss through ``torch.compile`` (weights and checkpoints unchanged)."""
-        self._critic_loss = torch.compile(self.critic.loss)
+        self._critic_loss = torch.compile(self.critic.loss, **self.compile_options())
 
     def train_step(self, batch: Batch, diagnose: bool = False) -> dict[str, float]:
         """One gradient step: targets from the target network and the backup, then the critic update.
@@ -103,4 +103,4 @@ class QTransformerAgent(Agent):
             with torch.no_grad():
                 metrics.update(value_diagnostics(q_at_data(self.critic, states, batch.actions), batch.returns,
                                                    batch.mask))
-        return {k: float(v) for k, v in metrics.items()}
+        return self.step_metrics(metrics, diagnose)
