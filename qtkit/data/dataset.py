@@ -665,6 +665,7 @@ class TrajectoryDataset:
         *,
         scheme: str = "uniform",
         device: str | torch.device | None = None,
+        rows: slice | None = None,
     ) -> Batch:
         """``batch_size`` training windows of ``K`` steps as a :class:`Batch` (all ``[B, K, ...]``).
 
@@ -675,9 +676,10 @@ class TrajectoryDataset:
         ∝ T, start uniform in [0, T-1]); ``"inside"`` keeps full windows (start in [0, max(0, T-K)]).
         No window crosses an episode; padding is on the right and holds zeros (``mask`` False).
         ``rtg`` is the undiscounted return-to-go divided by ``rtg_scale``; observations are raw.
-        Implemented by :func:`qtkit.data.windows.sample_windows`.
+        ``rows``: draw all ``batch_size`` windows from the generator but return only these rows (a data-parallel
+        rank's slice of the global batch). Implemented by :func:`qtkit.data.windows.sample_windows`.
         """
-        return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device)
+        return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device, rows=rows)
 
     # ----------------------------------------------------------------------------------- save
     def to_npz(self, path: str | os.PathLike[str], compress: bool = False) -> Path:

@@ -141,13 +141,16 @@ def sample_windows(
     *,
     scheme: str = "uniform",
     device: str | torch.device | None = None,
+    rows: slice | None = None,
 ) -> Batch:
     """``batch_size`` windows of ``K`` steps of ``dataset`` as a :class:`Batch` (all ``[B, K, ...]``).
 
     The body of :meth:`TrajectoryDataset.sample_windows` (see it for the arguments): draws the
     starts with :func:`sample_window_starts` and gathers the dataset's flat arrays, whose extra
     zero row at the end fills the padded positions. The uniform scheme's slot offsets are cached
-    per K on the dataset.
+    per K on the dataset. ``rows``: draw the starts of all ``batch_size`` windows (the generator advances
+    as for the whole batch) but gather only these rows (``[len(rows), K, ...]``): data-parallel ranks
+    share one stream and each keeps its slice of the global batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
@@ -167,6 +170,11 @@ def sample_windows(
             np.cumsum(lengths + (K - 1), out=slots[1:])
             dataset._slot_cache[K] = slots
     episode, first, valid = sample_window_starts(lengths, offsets, B, K, rng, scheme, slots)
+    if rows is not None:
+        episode, first, valid = episode[rows], first[rows], valid[rows]
+        B = len(episode)
+        if B == 0:
+            raise ValueError(f"rows={rows!r} selects no window of a batch of {batch_size}.")
 
     k = np.arange(K, dtype=np.int64)
     mask = k[None, :] < valid[:, None]  # [B, K]
