@@ -327,18 +327,21 @@ def _plan_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, ov
     import torch.distributed as dist
 
     from qtkit.checkpoint import recover_checkpoint
+    from qtkit.training.distributed import collective
 
     if resume and dp.is_main and (run_dir / "checkpoint").parent.is_dir():
         with contextlib.suppress(QtkitError):  # a failure is reported by the plan below
             recover_checkpoint(run_dir / "checkpoint")
-    dist.barrier()
+    with collective("the start"):
+        dist.barrier()
     plan, error = None, None
     try:
         plan = _plan_training(args, sets, run_dir, resume=resume, overwrite=overwrite, dp=dp)
     except QtkitError as exc:
         error = exc
     messages: list = [None] * dp.world_size
-    dist.all_gather_object(messages, None if error is None else str(error))
+    with collective("the checks before training"):
+        dist.all_gather_object(messages, None if error is None else str(error))
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]
     if failed:
         if error is not None and dp.rank == 0:

@@ -55,9 +55,9 @@ from torch import Tensor
 from qtkit.errors import CheckpointError, ConfigError, QtkitError, TrainingError
 
 __all__ = [
-    "DataParallel", "active", "agree_signal", "average_gradients", "average_metrics", "barrier", "check_batch_size",
-    "check_finite", "init_from_env", "launch", "mean_denominator", "on_main", "rank_mean", "row_mean", "shard_rows",
-    "sharding", "world",
+    "DataParallel", "RankLostError", "active", "agree_signal", "average_gradients", "average_metrics", "barrier",
+    "check_batch_size", "check_finite", "collective", "init_from_env", "launch", "mean_denominator", "on_main",
+    "rank_mean", "row_mean", "shard_rows", "sharding", "world",
 ]
 
 #: seconds a collective may wait for the other ranks (e.g. while rank 0 evaluates) before the run fails
@@ -218,11 +218,30 @@ def shard_rows(batch_size: int) -> slice | None:
     return slice(dp.rank * per, (dp.rank + 1) * per)
 
 
+class RankLostError(TrainingError):
+    """A collective failed: another rank stopped (killed, crashed, or raised an error of its own)."""
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn the failure of a collective (gloo: "Connection closed by peer"; NCCL; a timeout) into one clear
+    :class:`RankLostError` naming this rank, instead of a backend traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's DistError is a RuntimeError too
+        dp = _active or world()
+        who = f"rank {dp.rank} of {dp.world_size}" if dp is not None else "this rank"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RankLostError(f"{who} lost the other ranks during {what} ({first}): another rank stopped or failed; "
+                            "its own message (or the launcher's) names it.") from None
+
+
 # ----------------------------------------------------------------------------------------------- exact means
 def _all_reduce(tensor: Tensor, op: Any = None) -> Tensor:
     import torch.distributed as dist
 
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op)
+    with collective("an all-reduce"):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op)
     return tensor
 
 
@@ -314,7 +333,8 @@ def _objects(value: Any) -> list[Any]:
     dp = _active or world()
     assert dp is not None
     out: list[Any] = [None] * dp.world_size
-    dist.all_gather_object(out, value, group=_control)
+    with collective("an all-gather"):
+        dist.all_gather_object(out, value, group=_control)
     return out
 
 
@@ -344,7 +364,8 @@ def agree_signal(signum: int | None) -> int | None:
     import torch.distributed as dist
 
     flag = torch.tensor([signum or 0], dtype=torch.int64)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control)
+    with collective("the signal check"):
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control)
     return int(flag) or None
 
 
@@ -363,7 +384,8 @@ def on_main(fn: Callable[[], T]) -> T:
                 payload[0] = ("ok", fn())
         except Exception as exc:  # handed to every rank, raised again below
             payload[0] = ("error", _picklable(exc))
-    dist.broadcast_object_list(payload, src=0, group=_control)
+    with collective("rank 0's evaluation"):
+        dist.broadcast_object_list(payload, src=0, group=_control)
     kind, value = payload[0]
     if kind == "error":
         raise value
@@ -383,7 +405,8 @@ def barrier() -> None:
     import torch.distributed as dist
 
     if _active is not None:
-        dist.barrier(group=_control)
+        with collective("a barrier"):
+            dist.barrier(group=_control)
 
 
 def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
@@ -395,7 +418,8 @@ def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
     with torch.no_grad():
         for module in modules:
             for tensor in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(tensor.data, src=0)
+                with collective("the broadcast of rank 0's weights"):
+                    dist.broadcast(tensor.data, src=0)
 
 
 def rng_state() -> tuple[Tensor, list[Tensor] | None]:
@@ -500,11 +524,11 @@ def launch(argv: list[str], nproc: int, *, resume_hint: str | None = None, grace
             codes = [p.poll() for p in procs]
             if all(c is not None for c in codes):
                 break
-            if failed is None:
-                for rank, code in enumerate(codes):
-                    if code not in (None, 0):
-                        failed, deadline = (rank, code), time.monotonic() + (grace_s if code > 0 else 0.0)
-                        break
+            bad = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed is None and bad:
+                # a rank killed by a signal is the cause; the ranks that lost it exit with an error after it
+                failed = min(bad, key=lambda rc: (rc[1] >= 0, rc[0]))
+                deadline = time.monotonic() + (grace_s if failed[1] > 0 else 0.0)
             if deadline is not None and time.monotonic() >= deadline:
                 for p in procs:
                     if p.poll() is None:

@@ -1,0 +1,216 @@
+"""Data-parallel training (qtkit.training.distributed, issue 18): N ranks with B/N windows each train the same model
+as one process with B; `qtkit train --nproc` survives a killed rank and a SIGTERM and resumes exactly; the batch must
+split over the ranks.
+
+The equivalence test runs ``agent.fit`` in two gloo processes (torch.multiprocessing spawn, a process group the test
+initialises) against one process in the test itself; it trains with SGD (updates linear in the gradient) so that a
+wrong gradient average, a wrong slice or a mean of per-rank means moves the weights far beyond the tolerance, while
+float reduction order stays far below it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import qtkit
+from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_dataset, pendulum_npz, run_qtkit, tiny
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+PRESETS = ("qt-gpt-nstep", "qtransformer")
+BATCH = 8
+STEPS = 5
+
+
+def _overrides(preset: str) -> dict[str, Any]:
+    """Tiny sizes, no dropout (each rank has its own dropout stream), SGD with a large step (see the module doc)."""
+    out = tiny(preset)
+    out["backbone"] = {**out["backbone"], "dropout": 0.0}
+    out.update(batch_size=BATCH, log_every=2, optimizer="sgd", lr=0.05, scheduler="none")
+    if preset.startswith("qt-"):
+        out.update(policy={"embed_dropout": 0.0}, critic_lr=0.05)
+    return out
+
+
+def _train(preset: str) -> dict[str, Any]:
+    """Fit ``preset`` STEPS steps on the Pendulum windows; the final weights and the observations of every batch."""
+    data = pendulum_dataset()
+    agent = qtkit.build(preset, dataset=data, seed=0, device="cpu", **_overrides(preset))
+    batches: list[torch.Tensor] = []
+    step = agent.train_step
+
+    def recording(batch: Any, diagnose: bool = False) -> dict[str, float]:
+        batches.append(batch.observations.clone())
+        return step(batch, diagnose)
+
+    agent.train_step = recording  # type: ignore[method-assign]
+    agent.fit(data, steps=STEPS, progress=False)
+    return {"weights": {k: v.clone() for k, v in agent.state_dict().items()}, "batches": batches}
+
+
+def _equivalence_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.save({preset: _train(preset) for preset in PRESETS}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Both presets trained by two gloo ranks (B/2 windows each), by rank."""
+    import torch.multiprocessing as mp
+
+    from qtkit.training.distributed import free_port
+
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_equivalence_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_ranks_train_the_model_of_one_process_with_the_whole_batch(two_ranks: list, preset: str) -> None:
+    one = _train(preset)
+    rank0, rank1 = two_ranks[0][preset], two_ranks[1][preset]
+    # one shared stream of windows: each rank trained on its half of the very batch one process draws
+    assert len(rank0["batches"]) == len(rank1["batches"]) == len(one["batches"]) == STEPS
+    for step, (a, b, whole) in enumerate(zip(rank0["batches"], rank1["batches"], one["batches"], strict=True)):
+        assert a.shape[0] == b.shape[0] == BATCH // 2, step
+        assert torch.equal(torch.cat([a, b]), whole), f"step {step}: the ranks' slices are not the global batch"
+    # the same update on every rank, and the update of the whole batch up to float reduction order
+    for key, value in one["weights"].items():
+        assert torch.equal(rank0["weights"][key], rank1["weights"][key]), f"{preset} {key}: the ranks diverged"
+        torch.testing.assert_close(rank0["weights"][key], value, atol=1e-5, rtol=0,
+                                   msg=lambda m, key=key: f"{preset} {key}: 2 ranks x B/2 != 1 process x B: {m}")
+
+
+def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
+    data = pendulum_dataset()
+    for scheme in ("uniform", "reference", "inside"):
+        whole = data.sample_windows(8, 4, torch.Generator().manual_seed(3), scheme=scheme)
+        gen = torch.Generator().manual_seed(3)
+        part = data.sample_windows(8, 4, gen, scheme=scheme, rows=slice(4, 8))
+        assert part.observations.shape[0] == 4
+        for name in ("observations", "actions", "rtg", "mask", "timesteps", "returns"):
+            assert torch.equal(getattr(part, name), getattr(whole, name)[4:8]), (scheme, name)
+        # the generator advanced as for the whole batch
+        assert torch.equal(gen.get_state(), _after(data, scheme))
+
+
+def _after(data: Any, scheme: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    data.sample_windows(8, 4, gen, scheme=scheme)
+    return gen.get_state()
+
+
+def test_batch_size_must_split_over_the_processes(tmp_path: Path) -> None:
+    data = pendulum_npz(tmp_path / "p.npz")
+    result = run_qtkit("train", "--preset", "qt-gpt-nstep", "--dataset", data, "--out", tmp_path / "run", *TINY_SETS,
+                       "--set", "batch_size=9", "--nproc", "2")
+    assert_clean_failure(result, "train.batch_size=9", "--nproc 2", "batch_size=8")
+    assert not (tmp_path / "run").exists()  # refused before any process started
+    with pytest.raises(qtkit.errors.ConfigError, match="train.batch_size=9"):
+        from qtkit.training.distributed import check_batch_size
+
+        check_batch_size(9, 2)
+
+
+# ----------------------------------------------------------------------------- the command line, killed and resumed
+def _ranks(parent: int) -> dict[int, int]:
+    """{rank: pid} of the launcher's children (Linux /proc)."""
+    out = {}
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next(int(e.split(b"=", 1)[1]) for e in environ if e.startswith(b"RANK="))
+        out[rank] = pid
+    return out
+
+
+def _wait(condition: Any, what: str, timeout: float = 90.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoint" / "weights.safetensors"))
+
+
+def _step(run: Path) -> int:
+    return int(torch.load(run / "checkpoint" / "state.pt", weights_only=False)["step"])
+
+
+def _popen(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "qtkit", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
+def test_nproc_run_killed_and_interrupted_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    data = pendulum_npz(tmp_path / "p.npz")
+    steps = 30
+    common = ["train", "--preset", "qt-gpt-nstep", "--dataset", data, "--steps", str(steps), "--checkpoint-every", "3",
+              "--eval-episodes", "1", *TINY_SETS, "--set", "log_every=10", "--nproc", "2"]
+    full, run = tmp_path / "full", tmp_path / "run"
+
+    # 1. rank 1 dies (SIGKILL) after the first checkpoint: the launcher stops rank 0 and names rank 1
+    proc = _popen([*common, "--out", str(run)])
+    _wait(lambda: (run / "checkpoint").is_dir() or proc.poll() is not None, "the first checkpoint")
+    os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "rank 1 of 2" in err and "SIGKILL" in err and "--resume" in err and "--nproc 2" in err, err
+    assert "Traceback" not in err, err
+    killed_at = _step(run)
+    assert 0 < killed_at < steps
+
+    # 2. resumed, then SIGTERM to the launcher once it has checkpointed again: every rank stops at the same step
+    inode = (run / "checkpoint").stat().st_ino
+    proc = _popen([*common, "--out", str(run), "--resume"])
+    _wait(lambda: not (run / "checkpoint").exists() or (run / "checkpoint").stat().st_ino != inode
+          or proc.poll() is not None, "a checkpoint of the resumed run")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    command = err.split("resume with:")[-1].strip().splitlines()[0]
+    assert "--nproc 2" in command and "--resume" in command, err
+    assert killed_at < _step(run) < steps
+
+    # 3. the printed command finishes the run; an uninterrupted 2-process run ends with the very same weights
+    resumed = run_qtkit(*shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    straight = run_qtkit(*common, "--out", str(full))
+    assert straight.returncode == 0, straight.stderr
+    assert _step(run) == _step(full) == steps
+    a, b = _weights(run), _weights(full)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert len(np.unique([line.split(",")[0] for line in (full / "metrics.csv").read_text().splitlines()[1:]])) > 1
+
+    # 4. a 2-process checkpoint does not resume in one process
+    assert common[-2:] == ["--nproc", "2"]
+    one = run_qtkit(*common[:-2], "--out", str(run), "--resume")
+    assert_clean_failure(one, "trained with 2", "--nproc 2")
