@@ -544,6 +544,14 @@ def sweep_cmd(
             for trial in trials:
                 typer.echo(f"{read_status(trial.run_dir).get('state', 'pending'):<8} {trial.key}")
             typer.echo(f"{len(trials)} trials, {spec.steps} steps each, out {spec.out}")
+            packed = f" ({1 / spec.gpus_per_trial:g} trials share a GPU)" if 0 < spec.gpus_per_trial < 1 else ""
+            typer.echo(f"resources per trial: {spec.cpus_per_trial:g} CPU, {spec.gpus_per_trial:g} GPU{packed}")
+            if spec.gpus_per_trial > 0:
+                from qtkit.sweep.runner import local_gpus
+
+                if local_gpus() == 0:
+                    typer.secho("note: this machine has no GPU: run the sweep with --address on a Ray cluster that has "
+                                "GPUs, or set resources.gpus_per_trial: 0 to train on CPU.", fg=typer.colors.YELLOW)
             return
         typer.echo(f"sweep {spec.name}: {len(trials)} trials ({len(spec.methods)} methods × {len(spec.datasets)} "
                    f"datasets × {len(spec.seeds)} seeds), {spec.steps} steps each, out {spec.out}")
