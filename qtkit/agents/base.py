@@ -453,6 +453,11 @@ class Agent(abc.ABC):
 
         Sets the agent up (statistics, device, optimisers, or everything from the checkpoint), then runs the
         shared training loop (:func:`qtkit.training.train`), which owns the schedule, logging and results.
+
+        Under an initialised ``torch.distributed`` process group of N > 1 processes (torchrun, ``qtkit train --nproc``,
+        or the caller's own), call it on every rank: it trains data-parallel (:mod:`qtkit.training.distributed`):
+        ``train.batch_size`` is the global batch (it must divide by N), each rank trains on its slice of one shared
+        batch stream, gradients are averaged, rank 0 writes ``log_dir`` and evaluates.
         """
         if isinstance(dataset, str):
             from qtkit.data import load_dataset
