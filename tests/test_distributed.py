@@ -170,7 +170,7 @@ def _popen(args: list[str]) -> subprocess.Popen[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
 def test_nproc_run_killed_and_interrupted_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     data = pendulum_npz(tmp_path / "p.npz")
-    steps = 30
+    steps = 45
     common = ["train", "--preset", "qt-gpt-nstep", "--dataset", data, "--steps", str(steps), "--checkpoint-every", "3",
               "--eval-episodes", "1", *TINY_SETS, "--set", "log_every=10", "--nproc", "2"]
     full, run = tmp_path / "full", tmp_path / "run"

@@ -319,6 +319,13 @@ class Agent(abc.ABC):
                 raise ConfigError(f"train.device={wanted!r} but this machine has {have}. Fix: --set device=cpu "
                                   "(or device=auto: the GPU when there is one).")
         if device.type == "cuda" and (dp := distributed.world()) is not None:
+            count = torch.cuda.device_count()
+            if dp.local_rank >= count:
+                from qtkit.errors import ConfigError
+
+                raise ConfigError(f"rank {dp.rank} trains on cuda:{dp.local_rank} (its LOCAL_RANK) but this machine has "
+                                  f"{count} CUDA device(s). Fix: at most {count} processes per machine (--nproc / "
+                                  "torchrun --nproc-per-node), or --set device=cpu.")
             device = torch.device("cuda", dp.local_rank)  # data-parallel: each rank on its own GPU (LOCAL_RANK)
         if device.type == "cuda" and self.train_config.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True

@@ -84,6 +84,7 @@ class DataParallel:
 
 _active: DataParallel | None = None  # set by sharding() for the duration of a data-parallel fit
 _control: Any = None  # a gloo group for the small CPU messages (objects, flags) when the default group is NCCL
+_control_of: Any = None  # the default group _control was made for (a re-initialised group gets a new one)
 
 
 def world() -> DataParallel | None:
@@ -114,16 +115,17 @@ def active() -> DataParallel | None:
 def sharding(dp: DataParallel | None) -> Iterator[DataParallel | None]:
     """Mark the block as data-parallel training over ``dp`` (None: a no-op): the loss helpers then compute their
     share of the global batch's means, and the loop and the agent synchronise the ranks."""
-    global _active, _control
+    global _active, _control, _control_of
     if dp is None:
         yield None
         return
     import torch.distributed as dist
 
-    if _control is None:
-        backend = dist.get_backend()
-        # object and flag collectives run on CPU tensors: gloo; an NCCL default group gets a gloo twin
-        _control = dist.new_group(backend="gloo") if "gloo" not in str(backend) else dist.group.WORLD
+    default = dist.group.WORLD
+    if _control is None or _control_of is not default:
+        # object and flag collectives run on CPU tensors: gloo; an NCCL-only default group gets a gloo twin
+        _control = dist.new_group(backend="gloo") if "gloo" not in str(dist.get_backend()) else default
+        _control_of = default
     previous, _active = _active, dp
     try:
         yield dp
@@ -177,8 +179,9 @@ def init_from_env() -> DataParallel | None:
                           "`qtkit train --nproc N`, which set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.")
     if not dist.is_initialized():
         backend = "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)  # NCCL's device for this rank
             backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s()))
     return world()
@@ -186,12 +189,12 @@ def init_from_env() -> DataParallel | None:
 
 def destroy() -> None:
     """Leave the process group (if one is initialised)."""
-    global _control
+    global _control, _control_of
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _control = None
+    _control = _control_of = None
 
 
 # ----------------------------------------------------------------------------------------------- the batch
