@@ -26,8 +26,19 @@ def _shapes_from_env(env: Any) -> dict[str, Any]:
             "continuous dimension into bins itself; a Discrete or MultiDiscrete space is not supported: wrap "
             "the env so it takes a Box action (e.g. one dimension per choice, decoded by argmax)."
         )
+    from qtkit.data.spaces import image_key, observation_parts
+
+    key = image_key(obs_space)
+    extra: dict[str, Any] = {}
+    if key is not None:  # a Dict with an image part: the frames, plus its vector parts as the proprioceptive vector
+        parts = observation_parts(obs_space, key)
+        if len(parts) > 1:
+            extra = {"proprio_dim": sum(size for _, size, role in parts if role == "proprio"),
+                     "observation_parts": parts}
+        obs_space = obs_space.spaces[key]
     image = isinstance(obs_space, gym.spaces.Box) and obs_space.dtype == np.uint8 and len(obs_space.shape) == 3
     return {
+        **extra,
         "obs_dim": int(gym.spaces.flatdim(obs_space)),
         "obs_shape": [int(s) for s in obs_space.shape] if image else [int(gym.spaces.flatdim(obs_space))],
         "act_dim": int(np.prod(act_space.shape)),
@@ -40,7 +51,10 @@ def _shapes_from_dataset(dataset: Any) -> dict[str, Any]:
     import numpy as np
 
     obs_shape = getattr(dataset, "obs_shape", None) or (int(dataset.obs_dim),)  # older dataset-like objects
+    proprio_dim = int(getattr(dataset, "proprio_dim", 0) or 0)  # older dataset-like objects have none
+    extra: dict[str, Any] = {"proprio_dim": proprio_dim, "observation_parts": dataset.observation_parts} if proprio_dim else {}
     return {
+        **extra,
         "obs_dim": int(dataset.obs_dim),
         "obs_shape": [int(s) for s in obs_shape],
         "act_dim": int(dataset.act_dim),
@@ -106,7 +120,11 @@ def resolve_shapes(
             f"preset {preset!r}: every action_low must be below action_high, got "
             f"{shapes['action_low']} and {shapes['action_high']}."
         )
-    return {k: shapes[k] for k in SHAPE_KEYS}
+    out = {k: shapes[k] for k in SHAPE_KEYS}
+    if shapes.get("proprio_dim"):  # image + vector observations (absent otherwise: configs stay as they were)
+        out["proprio_dim"] = int(shapes["proprio_dim"])
+        out["observation_parts"] = shapes.get("observation_parts")
+    return out
 
 
 def instantiate(kind: str, spec: Mapping[str, Any] | None, context: Mapping[str, Any]) -> Any:
@@ -163,7 +181,8 @@ def build(
     )
     resolved["shapes"] = shapes
     context: dict[str, Any] = {
-        **shapes,
+        **{k: v for k, v in shapes.items() if k != "observation_parts"},  # the layout is the agent's, at acting
+        "proprio_dim": int(shapes.get("proprio_dim") or 0),
         "gamma": resolved["train"].get("gamma"),
         "rtg_scale": resolved["train"].get("rtg_scale"),
     }

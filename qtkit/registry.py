@@ -24,7 +24,7 @@ KINDS: list[str] = ["encoder", "backbone", "policy", "critic", "backup", "sample
 #: ``obs_dim``/``act_dim``/``action_low``/``action_high`` come from the shapes, ``gamma`` and
 #: ``rtg_scale`` from the training section, ``backbone`` is the built backbone component.
 CONTEXT_PARAMS: frozenset[str] = frozenset(
-    {"obs_shape", "obs_dim", "act_dim", "action_low", "action_high", "gamma", "rtg_scale", "backbone"}
+    {"obs_shape", "obs_dim", "proprio_dim", "act_dim", "action_low", "action_high", "gamma", "rtg_scale", "backbone"}
 )
 
 T = TypeVar("T")

@@ -35,6 +35,7 @@ CONTEXT: dict[str, Any] = {
     "action_high": [1.0, 2.0, 1.0],
     "gamma": 0.9,
     "rtg_scale": 10.0,
+    "proprio_dim": 0,
 }
 #: A small backbone for components that need one.
 SMALL_BACKBONE: dict[str, Any] = {"type": "gpt2", "width": 32, "depth": 1, "heads": 2, "dropout": 0.0}

@@ -33,10 +33,15 @@ B, K = 3, 2
 #: encoder registered without a case here gets its defaults with a vector (flat) or a 64 x 64 x 3 frame.
 CASES: dict[str, list[tuple[str, dict[str, Any], tuple[int, ...]]]] = {
     "flat": [("flat", {}, (5,))],
-    "conv": [("conv-64", {}, (64, 64, 3)), ("conv-32", {"features": 16, "channels": 8}, (32, 32, 3))],
+    "conv": [("conv-64", {}, (64, 64, 3)), ("conv-32", {"features": 16, "channels": 8}, (32, 32, 3)),
+             # frames + a proprioceptive vector of 3 ({"pixels", "state"} observations)
+             ("conv-32-proprio", {"features": 16, "channels": 8, "proprio_dim": 3}, (32, 32, 3)),
+             ("conv-32-stack3", {"features": 16, "channels": 8, "frame_stack": 3}, (32, 32, 3))],
     "timm": [
         ("timm-default-32", {}, (32, 32, 3)),  # convnext_atto: LayerNorm, no projection
         ("timm-resnet18-32", {"model": "resnet18", "features": 16}, (32, 32, 3)),  # BatchNorm, projection
+        ("timm-proprio-stack2-32", {"model": "resnet18", "features": 16, "proprio_dim": 2, "frame_stack": 2},
+         (32, 32, 3)),
     ],
 }
 
@@ -53,11 +58,16 @@ def _cases() -> list[Any]:
 
 
 def make(name: str, spec: dict[str, Any], shape: tuple[int, ...], seed: int = 0) -> Encoder:
+    """Build encoder ``name`` for observations of ``shape``; ``spec["proprio_dim"]`` (a builder context parameter,
+    from the data) gives it a proprioceptive vector of that width."""
     torch.manual_seed(seed)
     flat_size = 1
     for s in shape:
         flat_size *= s
-    return build_component("encoder", {"type": name, **spec}, obs_shape=shape, obs_dim=flat_size).eval()
+    spec = dict(spec)
+    proprio_dim = spec.pop("proprio_dim", 0)
+    return build_component("encoder", {"type": name, **spec}, obs_shape=shape, obs_dim=flat_size,
+                           proprio_dim=proprio_dim).eval()
 
 
 @pytest.fixture(params=_cases())
@@ -67,12 +77,25 @@ def factory(request: pytest.FixtureRequest) -> Factory:
 
 
 def observations(encoder: Encoder, *leading: int, seed: int = 0) -> Tensor:
-    """uint8 frames for an image encoder, standard-normal floats for a vector one."""
+    """uint8 frames for an image encoder (``[*leading, F, H, W, C]`` with frame stacking), standard-normal floats
+    for a vector one."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (*leading, *encoder.obs_shape)
+    shape = (*leading, *encoder.input_shape)
     if encoder.is_image:
         return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
     return torch.randn(shape, generator=gen)
+
+
+def proprio(encoder: Encoder, *leading: int, seed: int = 0) -> Tensor | None:
+    """A standard-normal proprioceptive vector ``[*leading, proprio_dim]`` when the encoder takes one, else None."""
+    if not encoder.proprio_dim:
+        return None
+    return torch.randn(*leading, encoder.proprio_dim, generator=torch.Generator().manual_seed(1000 + seed))
+
+
+def inputs(encoder: Encoder, *leading: int, seed: int = 0) -> tuple[Tensor, Tensor | None]:
+    """``(observations, proprio)`` for ``encoder(*inputs(...))``."""
+    return observations(encoder, *leading, seed=seed), proprio(encoder, *leading, seed=seed)
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -84,13 +107,14 @@ def check_shapes(factory: Factory) -> None:
     assert encoder.is_image == (len(encoder.obs_shape) == 3)
     with torch.no_grad():
         for leading in ((B,), (B, K)):
-            out = encoder(observations(encoder, *leading))
+            out = encoder(*inputs(encoder, *leading))
             assert out.shape == (*leading, encoder.out_dim), (leading, tuple(out.shape))
             assert out.dtype == torch.float32, out.dtype
             assert bool(torch.isfinite(out).all())
-        x = observations(encoder, B, K, seed=1)
-        flat = encoder(x.reshape(B * K, *encoder.obs_shape)).reshape(B, K, -1)
-        torch.testing.assert_close(encoder(x), flat, rtol=1e-5, atol=1e-6)
+        x, p = inputs(encoder, B, K, seed=1)
+        flat_p = None if p is None else p.reshape(B * K, -1)
+        flat = encoder(x.reshape(B * K, *encoder.input_shape), flat_p).reshape(B, K, -1)
+        torch.testing.assert_close(encoder(x, p), flat, rtol=1e-5, atol=1e-6)
 
 
 def check_uint8_and_float_agree(factory: Factory) -> None:
@@ -98,30 +122,30 @@ def check_uint8_and_float_agree(factory: Factory) -> None:
     encoder = factory()
     if not encoder.is_image:
         pytest.skip("vector observations: no uint8 frames")
-    x = observations(encoder, B, K)
+    x, p = inputs(encoder, B, K)
     with torch.no_grad():
-        a, b = encoder(x), encoder(x.float() / 255.0)
+        a, b = encoder(x, p), encoder(x.float() / 255.0, p)
     assert a.dtype == b.dtype == torch.float32
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert not torch.allclose(a, encoder(x.float()), atol=1e-3), "float frames must be read as [0, 1]"
+    assert not torch.allclose(a, encoder(x.float(), p), atol=1e-3), "float frames must be read as [0, 1]"
 
 
 def check_augmentation_only_in_training(factory: Factory) -> None:
     """Eval mode is deterministic; an image encoder with ``augment > 0`` gives different features on two
     training-mode calls (random shifts), and the same ones with ``augment = 0``."""
     encoder = factory()
-    x = observations(encoder, B, K)
+    x, p = inputs(encoder, B, K)
     with torch.no_grad():
-        torch.testing.assert_close(encoder(x), encoder(x), rtol=0, atol=0)
+        torch.testing.assert_close(encoder(x, p), encoder(x, p), rtol=0, atol=0)
         if not encoder.is_image:
             return
         encoder.train()
         assert encoder.augment > 0, "image encoders augment by default"
-        assert not torch.equal(encoder(x), encoder(x)), "no random shift in training mode"
+        assert not torch.equal(encoder(x, p), encoder(x, p)), "no random shift in training mode"
         encoder.augment = 0
-        torch.testing.assert_close(encoder(x), encoder(x), rtol=0, atol=0)
+        torch.testing.assert_close(encoder(x, p), encoder(x, p), rtol=0, atol=0)
         encoder.eval()
-        torch.testing.assert_close(encoder(x), encoder(x), rtol=0, atol=0)
+        torch.testing.assert_close(encoder(x, p), encoder(x, p), rtol=0, atol=0)
 
 
 def check_state_dict_round_trip(factory: Factory, tmp_path: Path) -> None:
@@ -132,9 +156,9 @@ def check_state_dict_round_trip(factory: Factory, tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
     other = factory(123)
     other.load_state_dict(load_file(str(path)))
-    x = observations(encoder, B, K)
+    x, p = inputs(encoder, B, K)
     with torch.no_grad():
-        torch.testing.assert_close(other(x), encoder(x), rtol=0, atol=0)
+        torch.testing.assert_close(other(x, p), encoder(x, p), rtol=0, atol=0)
 
 
 def check_one_optimisation_step(factory: Factory) -> None:
@@ -155,7 +179,7 @@ def check_one_optimisation_step(factory: Factory) -> None:
     reached: set[str] = set()
     for step in range(2):
         before = {n: p.detach().clone() for n, p in trainable.items()}
-        loss = (encoder(observations(encoder, B, K, seed=step)) - target).square().mean()
+        loss = (encoder(*inputs(encoder, B, K, seed=step)) - target).square().mean()
         optimizer.zero_grad()
         loss.backward()
         not_finite = [n for n, p in trainable.items() if p.grad is None or not bool(torch.isfinite(p.grad).all())]
@@ -184,16 +208,20 @@ def wrong_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 def check_rejects_wrong_shapes(factory: Factory) -> None:
     """An observation of the wrong shape raises ShapeMismatchError naming the expected shape."""
     encoder = factory()
-    for shape in wrong_shapes(encoder.obs_shape):
+    stack = (encoder.frame_stack,) if encoder.frame_stack > 1 else ()
+    shapes = [(*stack, *shape) for shape in wrong_shapes(encoder.obs_shape)]
+    if stack:  # one frame too many or too few
+        shapes += [(encoder.frame_stack + 1, *encoder.obs_shape), (encoder.frame_stack - 1, *encoder.obs_shape)]
+    for shape in shapes:
         x = torch.zeros(B, *shape, dtype=torch.uint8 if encoder.is_image else torch.float32)
         try:
-            encoder(x)
+            encoder(x, proprio(encoder, B))
         except ShapeMismatchError as error:
-            assert f"expected {tuple(encoder.obs_shape)}" in str(error), str(error)
+            assert f"expected {tuple(encoder.input_shape)}" in str(error), str(error)
         except Exception as error:  # a failure deep inside (a reshape, a convolution) is not a clear error
             raise AssertionError(f"{shape}: {type(error).__name__} instead of ShapeMismatchError: {error}") from error
         else:
-            raise AssertionError(f"observations of shape {shape} were accepted, expected {encoder.obs_shape}")
+            raise AssertionError(f"observations of shape {shape} were accepted, expected {encoder.input_shape}")
 
 
 # ----------------------------------------------------------------------------- every registered encoder
@@ -221,10 +249,53 @@ def test_rejects_wrong_observation_shapes(factory: Factory) -> None:
     check_rejects_wrong_shapes(factory)
 
 
+def test_proprioceptive_vector(factory: Factory) -> None:
+    check_proprio(factory)
+
+
+def test_frame_stack(factory: Factory) -> None:
+    check_frame_stack(factory)
+
+
 def test_every_encoder_is_covered() -> None:
     """Every registered encoder is checked, and the built-in ones with their own small cases."""
     assert {"flat", "conv", "timm"} <= set(qtkit.list_components("encoder"))
     assert set(CASES) <= set(qtkit.list_components("encoder"))
+
+
+def check_proprio(factory: Factory) -> None:
+    """An encoder built with a proprioceptive vector (``proprio_dim`` P > 0) puts it, as given, in its last P
+    features (``out_dim`` = image features + P), and refuses a missing or misshapen one with ShapeMismatchError;
+    one built without refuses a vector."""
+    encoder = factory()
+    x, p = inputs(encoder, B, K)
+    with torch.no_grad():
+        if encoder.proprio_dim:
+            out = encoder(x, p)
+            torch.testing.assert_close(out[..., -encoder.proprio_dim:], p, rtol=0, atol=0)
+            bad = [None, p[..., :-1], p[:, :1]]
+        else:
+            bad = [torch.zeros(B, K, 2)]
+        for wrong in bad:
+            with pytest.raises(ShapeMismatchError, match="proprio"):
+                encoder(x, wrong)
+
+
+def check_frame_stack(factory: Factory) -> None:
+    """With ``frame_stack`` F > 1 every frame of the stack counts and their order too: changing only the oldest
+    frame, or swapping the two newest, changes the features (eval mode)."""
+    encoder = factory()
+    if encoder.frame_stack == 1:
+        pytest.skip("no frame stacking")
+    x, p = inputs(encoder, B)
+    oldest = x.clone()
+    oldest[:, 0] = 255 - oldest[:, 0]
+    swapped = x.clone()
+    swapped[:, [-1, -2]] = x[:, [-2, -1]]
+    with torch.no_grad():
+        out = encoder(x, p)
+        for name, other in (("the oldest frame", oldest), ("the order of the newest two", swapped)):
+            assert not torch.allclose(encoder(other, p), out, atol=1e-5), f"changing {name} changed nothing"
 
 
 # ----------------------------------------------------------------------------- image encoders' specifics
@@ -273,17 +344,17 @@ SMALL_CONV = {"features": 8, "channels": 4}
 
 
 class _WrongWidth(ConvEncoder):
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         return torch.cat([super().forward(observations), super().forward(observations)[..., :1]], -1)
 
 
 class _Float64(ConvEncoder):
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         return super().forward(observations).double()
 
 
 class _MixesLeadingDims(ConvEncoder):
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         out = super().forward(observations)
         return out - out.mean(0, keepdim=True) if out.ndim == 3 else out
 
@@ -314,12 +385,12 @@ class _UnsavedBuffer(ConvEncoder):
         super().__init__(**kwargs)
         self.register_buffer("offset", torch.randn(self.out_dim), persistent=False)
 
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         return super().forward(observations) + self.offset
 
 
 class _DetachedHead(ConvEncoder):
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         images, leading = self.frames(observations)
         out = self.head(self.convs(images).detach())  # the convolutions never learn
         return torch.tanh(out).reshape(*leading, self.out_dim)
@@ -330,6 +401,22 @@ class _UncheckedShape(ConvEncoder):
         return observations.reshape(-1, *self.obs_shape), tuple(observations.shape[:-3])
 
 
+class _DropsProprio(ConvEncoder):
+    def with_proprio(self, features: Tensor, proprio: Tensor | None, leading: tuple[int, ...]) -> Tensor:
+        return super().with_proprio(features, None if proprio is None else torch.zeros_like(proprio), leading)
+
+
+class _NewestFrameOnly(ConvEncoder):
+    def frames(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        last = observations[..., -1:, :, :, :].expand_as(observations)  # every slot holds the newest frame
+        return super().frames(last)
+
+
+class _UncheckedProprio(ConvEncoder):
+    def check_proprio(self, proprio: Tensor | None, leading: tuple[int, ...]) -> None:
+        return None
+
+
 BROKEN = [
     (check_shapes, _WrongWidth), (check_shapes, _Float64), (check_shapes, _MixesLeadingDims),
     (check_uint8_and_float_agree, _NoScaling),
@@ -337,6 +424,7 @@ BROKEN = [
     (check_state_dict_round_trip, _UnsavedBuffer),
     (check_one_optimisation_step, _DetachedHead),
     (check_rejects_wrong_shapes, _UncheckedShape),
+    (check_proprio, _DropsProprio), (check_proprio, _UncheckedProprio), (check_frame_stack, _NewestFrameOnly),
 ]
 
 
@@ -348,7 +436,8 @@ def test_the_checks_catch_broken_encoders(check: Callable[..., None], cls: type,
     def factory_of(klass: type) -> Factory:
         def factory(seed: int = 0) -> Encoder:
             torch.manual_seed(seed)
-            return klass(obs_shape=(16, 20, 3), **SMALL_CONV).eval()
+            return klass(obs_shape=(16, 20, 3), **SMALL_CONV, proprio_dim=2 if check is check_proprio else 0,
+                         frame_stack=3 if check is check_frame_stack else 1).eval()
 
         return factory
 

@@ -46,6 +46,7 @@ def _episodes(dataset: minari.MinariDataset) -> list:
 def test_pixel_makers_are_listed() -> None:
     assert set(list_makers("*-pixels")) == {"maze2d-umaze-pixels", "maze2d-umaze-dense-pixels", "maze2d-medium-pixels",
                                             "maze2d-medium-dense-pixels", "hopper-random-pixels"}
+    assert set(list_makers("*-pixels-state")) == {f"{name}-state" for name in list_makers("*-pixels")}
     assert get_maker("maze2d-umaze-pixels").default_steps == 100_000
     assert get_maker("maze2d-umaze-pixels").default_noise == 0.5
     assert {"episode_length", "ref_episodes", "size"} <= set(get_maker("maze2d-umaze-pixels").options())
@@ -163,6 +164,44 @@ def test_hopper_random_pixels_is_hopper_random_with_frames() -> None:
         assert env.spec.id == "qtkit/Hopper-Pixels-v0" and env.spec.max_episode_steps == 1000
         obs, _ = env.reset(seed=0)
         assert obs.shape == FRAME and obs.dtype == np.uint8
+    finally:
+        close_env(env)
+
+
+@pytest.mark.parametrize(("name", "state_name", "steps"), [("maze2d-umaze-pixels-state", "maze2d-umaze-pixels", 340),
+                                                          ("hopper-random-pixels-state", "hopper-random", 60)])
+def test_pixels_state_makers_give_frames_and_the_state_vector(name: str, state_name: str, steps: int) -> None:
+    """``-pixels-state``: ``{"pixels", "state"}`` observations: the ``-pixels`` maker's frames (maze) or the state
+    maker's steps (hopper) with the state env's observation next to them; qtkit loads the frames and the state as
+    its proprioceptive vector; the evaluation env gives the same kind of observations, split the same way."""
+    from qtkit.data import load_dataset
+    from qtkit.data.spaces import flatten_observation, split_flat_observation
+
+    dataset_id = f"tst/{name}"
+    mixed = _load(name, dataset_id, steps=steps)
+    other = _load(state_name, f"tst/for-{name}", steps=steps)
+    space = mixed.observation_space
+    assert isinstance(space, gym.spaces.Dict) and set(space.spaces) == {"pixels", "state"}
+    assert space["pixels"] == gym.spaces.Box(0, 255, FRAME, np.uint8)
+    for m, o in zip(_episodes(mixed), _episodes(other), strict=True):
+        np.testing.assert_array_equal(m.actions, o.actions)
+        np.testing.assert_array_equal(m.rewards, o.rewards)
+        if state_name.endswith("-pixels"):
+            np.testing.assert_array_equal(m.observations["pixels"], o.observations)
+        else:
+            np.testing.assert_array_equal(m.observations["state"], o.observations)
+    ds = load_dataset(f"minari:{dataset_id}")
+    width = int(np.prod(FRAME))
+    assert ds.is_image and ds.proprio_dim == space["state"].shape[0]
+    assert ds.observation_parts == [["pixels", width, "image"], ["state", ds.proprio_dim, "proprio"]]
+    np.testing.assert_array_equal(ds.proprio[0], _episodes(mixed)[0].observations["state"][0].astype(np.float32))
+    env = mixed.recover_environment(eval_env=True)
+    try:
+        assert env.spec.id.endswith("-PixelsState-v0") and env.observation_space == space
+        obs, _ = env.reset(seed=0)
+        frames, proprio = split_flat_observation(flatten_observation(space, obs), ds.observation_parts)
+        np.testing.assert_array_equal(frames.reshape(FRAME), obs["pixels"])
+        np.testing.assert_array_equal(proprio, obs["state"].astype(np.float32))
     finally:
         close_env(env)
 

@@ -126,14 +126,32 @@ def test_bad_image_data_is_a_clear_data_error() -> None:
         from qtkit.data.validation import as_frames
 
         as_frames(a["observations"][..., 0], None, "")
-    # a Dict of pixels and a state: not supported yet, said clearly, with the way out
+    # a Dict of pixels and a state: the frames and a proprioceptive vector; two images: said clearly
     mixed = spaces.Dict({"pixels": box, "state": spaces.Box(-1, 1, (2,), np.float32)})
     eps = [{"observations": {"pixels": a["observations"][:4], "state": np.zeros((4, 2), np.float32)},
             "actions": a["actions"][:3], "rewards": a["rewards"][:3]}]
-    with pytest.raises(DataError, match=r"mixing image.*observation_key='pixels'"):
-        TrajectoryDataset.from_episodes(eps, observation_space=mixed)
     ds = TrajectoryDataset.from_episodes(eps, observation_space=mixed, observation_key="pixels")
-    assert ds.obs_shape == SHAPE and ds.metadata["observation_key"] == "pixels"
+    assert ds.obs_shape == SHAPE and ds.metadata["observation_key"] == "pixels" and ds.proprio_dim == 2
+    assert TrajectoryDataset.from_episodes(eps, observation_space=mixed, proprio=False).proprio is None
+    two = spaces.Dict({"left": box, "pixels": box})
+    eps2 = [{"observations": {"pixels": a["observations"][:4], "left": a["observations"][:4]},
+             "actions": a["actions"][:3], "rewards": a["rewards"][:3]}]
+    with pytest.raises(DataError, match=r"two image parts \('pixels' and 'left'\)"):
+        TrajectoryDataset.from_episodes(eps2, observation_space=two)
+    short = [{**eps[0], "observations": {**eps[0]["observations"], "state": np.zeros((3, 2), np.float32)}}]
+    with pytest.raises(DataError, match=r"proprioceptive parts \['state'\] have 3 rows but the frames 4"):
+        TrajectoryDataset.from_episodes(short, observation_space=mixed)
+    with pytest.raises(DataError, match=r"proprio has 3 rows but there are 4 observation rows"):
+        TrajectoryDataset(a["observations"][:4], a["actions"][:3], a["rewards"][:3], np.zeros(3, bool),
+                          np.zeros(3, bool), [3], observation_space=box, proprio=np.zeros((3, 2)))
+    with pytest.raises(DataError, match=r"proprio is for image observations"):
+        TrajectoryDataset(np.zeros((4, 2)), a["actions"][:3], a["rewards"][:3], np.zeros(3, bool),
+                          np.zeros(3, bool), [3], proprio=np.zeros((4, 2)))
+    nan = np.zeros((4, 2), np.float32)
+    nan[2, 1] = np.nan
+    with pytest.raises(DataError, match=r"\(proprio\).*nan at episode 0, step 2"):
+        TrajectoryDataset(a["observations"][:4], a["actions"][:3], a["rewards"][:3], np.zeros(3, bool),
+                          np.zeros(3, bool), [3], observation_space=box, proprio=nan)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -197,11 +215,12 @@ def test_minari_round_trip_keeps_uint8(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     rng = np.random.default_rng(0)
-    frames, buffers = [], []
+    frames, buffers, states = [], [], []
     for T in (5, 3, 6):
         px = rng.integers(0, 256, (T + 1, *SHAPE), dtype=np.uint8)
         frames.append(px)
-        obs = {"pixels": px, "state": np.zeros((T + 1, 2), np.float32)} if dict_obs else px
+        states.append(rng.normal(size=(T + 1, 2)).astype(np.float32))
+        obs = {"pixels": px, "state": states[-1]} if dict_obs else px
         buffers.append(episode_buffer(obs, rng.uniform(-1, 1, (T, 2)).astype(np.float32), np.ones(T),
                                       np.zeros(T, bool), np.r_[np.zeros(T - 1, bool), True]))
     with warnings.catch_warnings():
@@ -209,9 +228,6 @@ def test_minari_round_trip_keeps_uint8(tmp_path: Path, monkeypatch: pytest.Monke
         minari.create_dataset_from_buffers("test/img-v0", buffers, env=_img_env(dict_obs), algorithm_name="r",
                                            data_format="hdf5")
     key = "pixels" if dict_obs else None
-    if dict_obs:
-        with pytest.raises(DataError, match="observation_key='pixels'"):
-            load_dataset("minari:test/img-v0")
     eager = load_dataset("minari:test/img-v0", lazy=False, observation_key=key)
     lazy = load_dataset("minari:test/img-v0", lazy=True, observation_key=key)
     for ds in (eager, lazy):
@@ -220,8 +236,13 @@ def test_minari_round_trip_keeps_uint8(tmp_path: Path, monkeypatch: pytest.Monke
         assert list(ds.episode_lengths) == [5, 3, 6]
     assert lazy.frames_storage == "hdf5" and not eager.is_lazy
     assert_same_batch(lazy.sample_windows(16, 4, generator=2), eager.sample_windows(16, 4, generator=2))
-    if dict_obs:
+    if dict_obs:  # the "state" part is the proprioceptive vector, read into memory also when the frames are lazy
         assert eager.metadata["observation_key"] == "pixels" == lazy.metadata["observation_key"]
+        for ds in (eager, lazy):
+            assert ds.proprio_dim == 2 and ds.observation_parts == [["pixels", int(np.prod(SHAPE)), "image"],
+                                                                    ["state", 2, "proprio"]]
+            np.testing.assert_array_equal(ds.proprio, np.concatenate(states))
+        assert load_dataset("minari:test/img-v0", proprio=False, lazy=True).proprio is None
 
 
 # ------------------------------------------------------------------------------------------ big

@@ -90,3 +90,69 @@ def test_a_pixel_agent_beats_the_random_policy(preset: str, data: TrajectoryData
     agent.fit(data, steps=300, progress=False)
     result = agent.evaluate(lambda: gym.wrappers.TimeLimit(PixelBandit(), 1), episodes=60, seed=7)
     assert result["mean_return"] >= 0.85, result  # random: 0.5
+
+
+# --------------------------------------------------------------------------- frames + a proprioceptive vector
+class PixelCueBandit(gym.Env):
+    """``{"pixels", "state"}`` observations: the frame of :class:`PixelBandit` and a cue ``state = [c]``, c = +1 or
+    -1. Two action dimensions: a[0] earns 0.5 when its sign points at the square (the frame tells), a[1] earns 0.5
+    when its sign is the cue's (the vector tells). Random: 0.5; the frame alone or the cue alone: 0.75 at best;
+    only both together earn 1."""
+
+    observation_space = spaces.Dict({"pixels": spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8),
+                                     "state": spaces.Box(-1.0, 1.0, (1,), np.float32)})
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def observation(self) -> dict[str, np.ndarray]:
+        return {"pixels": frame(self.side, self.np_random), "state": np.array([self.cue], np.float32)}
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[dict[str, np.ndarray], dict]:
+        super().reset(seed=seed)
+        self.side, self.cue = int(self.np_random.integers(0, 2)), float(self.np_random.choice([-1.0, 1.0]))
+        return self.observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        return self.observation(), cue_reward(np.asarray(action).reshape(-1), self.side, self.cue), True, False, {}
+
+
+def cue_reward(action: np.ndarray, side: int, cue: float) -> float:
+    return 0.5 * float((action[0] > 0) == bool(side)) + 0.5 * float((action[1] > 0) == (cue > 0))
+
+
+def cue_bandit_dataset(episodes: int = 1500, seed: int = 0) -> TrajectoryDataset:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(episodes):
+        side, cue = int(rng.integers(0, 2)), float(rng.choice([-1.0, 1.0]))
+        action = rng.uniform(-1, 1, size=(1, 2)).astype(np.float32)
+        observations = {"pixels": np.stack([frame(side, rng), frame(side, rng)]),
+                        "state": np.full((2, 1), cue, np.float32)}
+        out.append({"observations": observations, "actions": action,
+                    "rewards": np.array([cue_reward(action[0], side, cue)], np.float32),
+                    "terminations": np.array([True])})
+    return TrajectoryDataset.from_episodes(
+        out, observation_space=PixelCueBandit.observation_space, action_space=PixelCueBandit.action_space,
+        metadata={"dataset_id": "pixel-cue-bandit", "ref_min_score": 0.5, "ref_max_score": 1.0},
+    )
+
+
+def test_frames_and_a_proprioceptive_vector_both_reach_the_agent(one_thread: None) -> None:
+    """Only frame and cue together earn more than 0.75: the agent must get both (the conv encoder concatenates
+    the standardised cue to its image features). Measured (300 steps, 60 episodes): 0.98 with both; with the cue
+    dropped from the data (``without_proprio``, evaluated on the frames) 0.73, so the test fails when the vector
+    does not reach the agent."""
+    data = cue_bandit_dataset()
+    assert data.proprio_dim == 1 and data.observation_parts == [["pixels", SIZE * SIZE * 3, "image"],
+                                                                ["state", 1, "proprio"]]
+    frame_space = spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+    envs = {"frames+cue": lambda: gym.wrappers.TimeLimit(PixelCueBandit(), 1),
+            "frames only": lambda: gym.wrappers.TransformObservation(
+                gym.wrappers.TimeLimit(PixelCueBandit(), 1), lambda o: o["pixels"], frame_space)}
+    scores = {}
+    for name, dataset in (("frames+cue", data), ("frames only", data.without_proprio())):
+        agent = qtkit.build("qtransformer", dataset=dataset, seed=0, **SETTINGS["qtransformer"])
+        assert agent.encoder.out_dim == CONV["features"] + dataset.proprio_dim
+        agent.fit(dataset, steps=300, progress=False)
+        scores[name] = agent.evaluate(envs[name], episodes=60, seed=7)["mean_return"]
+    assert scores["frames+cue"] >= 0.9, scores
+    assert scores["frames only"] <= 0.8, scores  # without the cue a[1] is a coin flip

@@ -156,6 +156,8 @@ class Agent(abc.ABC):
         self.encoder: Encoder = encoder if encoder is not None else FlatEncoder(
             shapes.get("obs_shape") or [shapes["obs_dim"]], shapes["obs_dim"])
         self.policy = policy
+        #: the critic's own encoder (QT's ``train.critic_encoder: separate``); None: the critic reads ``encoder``'s
+        self.critic_encoder: Encoder | None = None
         self.critic = critic
         self.backup = backup
         self.sampler = sampler
@@ -165,6 +167,9 @@ class Agent(abc.ABC):
         # taken from the training dataset by prepare() and saved with the weights / the resume state
         self.obs_mean = torch.zeros(obs_dim)
         self.obs_std = torch.ones(obs_dim)
+        proprio_dim = int(self.shapes.get("proprio_dim") or 0)  # image + vector observations: the vector's width
+        self.proprio_mean = torch.zeros(proprio_dim)
+        self.proprio_std = torch.ones(proprio_dim)
         self.return_targets: list[float] | None = None  # raw units, set from the dataset at fit
         self.ref_scores: tuple[float, float] | None = None
         self.env_spec: str | None = None  # the dataset's env (id or EnvSpec JSON), for evaluate()
@@ -222,19 +227,24 @@ class Agent(abc.ABC):
         return out
 
     # ------------------------------------------------------------------ observations -> features
-    def encode(self, observations: Tensor) -> Tensor:
-        """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]``.
+    def encode(self, observations: Tensor, proprio: Tensor | None = None, encoder: Encoder | None = None) -> Tensor:
+        """Raw observations ``[..., *obs_shape]`` (or flattened ``[..., obs_dim]``) -> features ``[..., F]`` of
+        ``encoder`` (default the agent's; the critic's own with ``critic_encoder``).
 
         Vector observations are standardised with the dataset's statistics first (``flat`` then passes them on:
-        the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8).
+        the numbers of a preset without an encoder are unchanged); images go to the encoder as they are (uint8),
+        with the raw proprioceptive vector ``proprio [..., P]`` (image + vector observations; standardised here
+        with the dataset's ``proprio_mean``/``proprio_std``) when the data has one.
         """
-        encoder = self.encoder
-        if encoder.is_image:
+        encoder = self.encoder if encoder is None else encoder
+        if encoder.is_image:  # frames [..., H, W, C] ([..., F, H, W, C] stacked), or flattened [..., H * W * C]
             shape = tuple(encoder.obs_shape)
             if tuple(observations.shape[-len(shape):]) != shape:  # flattened frames (an env's flat observations)
                 observations = observations.reshape(*observations.shape[:-1], *shape)
-            return encoder(observations)
-        return encoder(self.standardize(observations))
+            if proprio is not None:
+                proprio = (proprio - self.proprio_mean.to(proprio)) / self.proprio_std.to(proprio)
+            return encoder(observations, proprio)
+        return encoder(self.standardize(observations), proprio)
 
     def encode_batch(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``(states, next_states)``: features ``[B, K, F]`` of a batch's observations and next observations.
@@ -242,9 +252,9 @@ class Agent(abc.ABC):
         ``states`` carry the encoder's gradient (the encoder learns in the optimiser that owns it); ``next_states``
         (targets of the next-state prediction and of the bootstrap) never do.
         """
-        states = self.encode(batch.observations)
+        states = self.encode(batch.observations, batch.proprio)
         with torch.no_grad():
-            next_states = self.encode(batch.next_observations)
+            next_states = self.encode(batch.next_observations, batch.next_proprio)
         return states, next_states
 
     def with_encoder(self, module: nn.Module) -> nn.Module:
@@ -365,8 +375,9 @@ class Agent(abc.ABC):
 
     def check_dataset(self, dataset: TrajectoryDataset) -> None:
         """Agent and dataset must agree on observation and action sizes (names both shapes)."""
-        for key, theirs in (("obs_dim", int(dataset.obs_dim)), ("act_dim", int(dataset.act_dim))):
-            mine = self.shapes[key]
+        for key, theirs in (("obs_dim", int(dataset.obs_dim)), ("act_dim", int(dataset.act_dim)),
+                            ("proprio_dim", int(dataset.proprio_dim))):
+            mine = int(self.shapes.get(key) or 0)
             if mine != theirs:
                 raise ShapeMismatchError(
                     f"agent {self.name!r} was built with {key}={mine} but dataset "
@@ -379,6 +390,8 @@ class Agent(abc.ABC):
         self.check_dataset(dataset)
         self.obs_mean = torch.tensor(np.array(dataset.obs_mean), dtype=torch.float32)
         self.obs_std = torch.tensor(np.array(dataset.obs_std), dtype=torch.float32)
+        self.proprio_mean = torch.tensor(np.array(dataset.proprio_mean), dtype=torch.float32)
+        self.proprio_std = torch.tensor(np.array(dataset.proprio_std), dtype=torch.float32)
         best = float(np.max(dataset.episode_returns))
         targets = self.sampler.targets if self.sampler is not None else None
         fractions = self.sampler.target_fractions if self.sampler is not None else [1.0]
@@ -431,6 +444,8 @@ class Agent(abc.ABC):
         if self.critic is not None:
             self.critic.train()
         self.encoder.train()
+        if self.critic_encoder is not None:
+            self.critic_encoder.train()
 
     def fit(
         self,
@@ -517,7 +532,7 @@ class Agent(abc.ABC):
 
         def next_batch() -> Batch:
             batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale,
-                                           rows=rows)
+                                           frame_stack=self.encoder.frame_stack, rows=rows)
             return batch.to(self.device)
 
         episodes = tc.eval_episodes if eval_episodes is None else eval_episodes
@@ -574,6 +589,9 @@ class Agent(abc.ABC):
         weights = self.state_dict()
         weights["obs_mean"] = self.obs_mean
         weights["obs_std"] = self.obs_std
+        if self.proprio_mean.numel():  # image + vector observations only: other checkpoints are as they were
+            weights["proprio_mean"] = self.proprio_mean
+            weights["proprio_std"] = self.proprio_std
         return weights
 
     def _optimizer_slots(self) -> dict[str, Any]:
@@ -615,6 +633,9 @@ class Agent(abc.ABC):
     def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
         self.obs_mean = weights.pop("obs_mean")
         self.obs_std = weights.pop("obs_std")
+        if "proprio_mean" in weights:
+            self.proprio_mean = weights.pop("proprio_mean")
+            self.proprio_std = weights.pop("proprio_std")
         self.load_state_dict(weights)
         self.return_targets = state.get("return_targets")
         self.ref_scores = tuple(state["ref_scores"]) if state.get("ref_scores") else None

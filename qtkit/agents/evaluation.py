@@ -46,9 +46,15 @@ class Rollout:
             timesteps=torch.zeros(num_envs, self.K, dtype=torch.long, device=device),
             mask=torch.zeros(num_envs, self.K, dtype=torch.bool, device=device),
             rtg=torch.zeros(num_envs, rows, self.K, device=device),
+            critic_states=None if agent.critic_encoder is None else torch.zeros(
+                num_envs, self.K, agent.critic_encoder.out_dim, device=device),
         )
         self.t = torch.zeros(num_envs, dtype=torch.long, device=device)
         self.current_rtg = self._initial_rtg(num_envs)
+        #: the last F raw frames per env [E, F, H * W * C] uint8 (image encoders with frame_stack F > 1), oldest first
+        stack = agent.encoder.frame_stack
+        self.frames = (torch.zeros(num_envs, stack, agent.shapes["obs_dim"], dtype=torch.uint8, device=device)
+                       if stack > 1 else None)
 
     def _initial_rtg(self, n: int) -> torch.Tensor:
         assert self.agent.return_targets is not None
@@ -57,8 +63,25 @@ class Rollout:
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
-        """Actions ``[E, act]`` for raw flattened observations ``[E, obs]`` (images: uint8, flattened or not)."""
+        """Actions ``[E, act]`` for raw flattened observations ``[E, obs]`` (images: uint8, flattened or not).
+
+        Image + vector observations (an agent built on data with a proprioceptive vector) come flattened in the
+        Dict's order, ``[E, H * W * C + P]``, and are split by the agent's ``shapes["observation_parts"]``."""
         agent, ctx = self.agent, self.ctx
+        shapes = agent.shapes
+        proprio = None
+        if shapes.get("proprio_dim"):
+            from qtkit.data.spaces import split_flat_observation
+
+            flat = np.asarray(observations, dtype=np.float32).reshape(self.num_envs, -1)
+            width = shapes["obs_dim"] + shapes["proprio_dim"]
+            if flat.shape[1] != width:
+                raise ShapeMismatchError(
+                    f"agent {agent.name!r} expects image + vector observations flattened to [{self.num_envs}, {width}] "
+                    f"(frames {shapes['obs_dim']} + proprioceptive {shapes['proprio_dim']}), got {list(flat.shape)}."
+                )
+            observations, prop = split_flat_observation(flat, shapes["observation_parts"])
+            proprio = torch.as_tensor(prop, device=agent.device)
         dtype = np.uint8 if agent.encoder.is_image else np.float32  # frames stay uint8 until the encoder
         obs = torch.as_tensor(np.asarray(observations, dtype=dtype), device=agent.device)
         obs = obs.reshape(obs.shape[0], -1) if obs.ndim > 2 else obs
@@ -70,8 +93,20 @@ class Rollout:
         ctx.states, ctx.actions, ctx.timesteps, ctx.mask = (
             torch.roll(t, -1, dims=1) for t in (ctx.states, ctx.actions, ctx.timesteps, ctx.mask))
         ctx.rtg = torch.roll(ctx.rtg, -1, dims=2)
+        if ctx.critic_states is not None:
+            ctx.critic_states = torch.roll(ctx.critic_states, -1, dims=1)
         agent.encoder.eval()
-        ctx.states[:, -1] = agent.encode(obs)
+        if self.frames is not None:  # frame stacking: push the new frame; an episode's first fills the stack
+            fresh = self.t == 0
+            self.frames = torch.roll(self.frames, -1, dims=1)
+            self.frames[:, -1] = obs
+            self.frames[fresh] = obs[fresh].unsqueeze(1)
+            obs = self.frames
+        ctx.states[:, -1] = agent.encode(obs, proprio)
+        if ctx.critic_states is not None:
+            assert agent.critic_encoder is not None
+            agent.critic_encoder.eval()
+            ctx.critic_states[:, -1] = agent.encode(obs, proprio, encoder=agent.critic_encoder)
         ctx.actions[:, -1] = 0.0
         ctx.timesteps[:, -1] = self.t
         ctx.mask[:, -1] = True
@@ -95,6 +130,8 @@ class Rollout:
             index = torch.as_tensor(np.flatnonzero(done), device=self.agent.device)
             self.ctx.mask[index] = False
             self.ctx.states[index] = 0.0
+            if self.ctx.critic_states is not None:
+                self.ctx.critic_states[index] = 0.0
             self.ctx.actions[index] = 0.0
             self.ctx.timesteps[index] = 0
             self.ctx.rtg[index] = 0.0
@@ -258,10 +295,13 @@ def evaluate_agent(agent: Agent, env: Any = None, episodes: int = 10, seed: int 
         except (gym.error.Error, ImportError, AttributeError) as exc:  # an unknown id, a missing package
             raise _make_error(env, agent, exc) from None
     space = envs.single_observation_space
-    if gym.spaces.flatdim(space) != agent.shapes["obs_dim"]:
+    width = agent.shapes["obs_dim"] + int(agent.shapes.get("proprio_dim") or 0)  # frames + proprioceptive vector
+    if gym.spaces.flatdim(space) != width:
         envs.close()
+        what = f"obs_dim={agent.shapes['obs_dim']}" + (
+            f" + proprio_dim={agent.shapes['proprio_dim']}" if agent.shapes.get("proprio_dim") else "")
         raise ShapeMismatchError(
-            f"agent {agent.name!r} has obs_dim={agent.shapes['obs_dim']} but the env's observations flatten to "
+            f"agent {agent.name!r} has {what} but the env's observations flatten to "
             f"{gym.spaces.flatdim(space)} ({space})."
         )
     act_space = envs.single_action_space

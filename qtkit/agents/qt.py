@@ -42,6 +42,9 @@ class QTTrainConfig(TrainConfig):
     ema_decay: Annotated[float, Interval(ge=0, lt=1)] = 0.995  # EMA copy of the policy used for bootstrap actions
     ema_every: PositiveInt = 5
     ema_start: NonNegativeInt = 1000  # before this step the EMA copy tracks the policy exactly
+    # "shared": the critic reads the policy's encoder features (detached: only the policy loss trains the encoder);
+    # "separate": the critic has its own encoder (a copy of the policy's at the start), trained by the critic loss
+    critic_encoder: Literal["shared", "separate"] = "shared"
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -68,6 +71,16 @@ class QTAgent(Agent):
                 "with agent: qtransformer (see preset 'qtransformer')."
             )
         super().__init__(config, policy, critic, backup, sampler, encoder)
+        if self.train_config.critic_encoder == "separate":
+            if critic is None or not any(True for _ in self.encoder.parameters()):
+                what = "has no critic" if critic is None else f"has an encoder without weights ({type(self.encoder).__name__})"
+                raise ConfigError(
+                    f"preset {config.get('name')!r}: train.critic_encoder='separate' gives the critic its own copy of "
+                    f"the encoder, but this agent {what}. Use critic_encoder='shared' (the default), or an image "
+                    "encoder (encoder: conv / timm) and a critic."
+                )
+            # the critic's own encoder: the same architecture and initial weights, then its own training (critic loss)
+            self.critic_encoder = copy.deepcopy(self.encoder)
         # a critic that bootstraps from the policy's actions gets them from an EMA copy of the policy
         self.ema_policy: BCPolicy | None = None
         if critic is not None and critic.needs_policy_actions:
@@ -77,6 +90,8 @@ class QTAgent(Agent):
 
     def modules(self) -> dict[str, nn.Module]:
         out = super().modules()
+        if self.critic_encoder is not None:
+            out["critic_encoder"] = self.critic_encoder
         if self.ema_policy is not None:
             out["ema_policy"] = self.ema_policy
         return out
@@ -96,8 +111,11 @@ class QTAgent(Agent):
                                                     lr=tc.lr, weight_decay=tc.weight_decay, **groups, **fused)
         self.policy_scheduler = make_lr_scheduler(self.policy_optimizer, tc, total_steps, tc.lr)
         if self.critic is not None:
+            # with a separate critic encoder, the critic's optimiser trains it
+            critic_net = self.critic.net if self.critic_encoder is None else nn.ModuleDict(
+                {"module": self.critic.net, "encoder": self.critic_encoder})
             self.critic_optimizer = create_optimizer_v2(
-                self.critic.net, opt=tc.optimizer, lr=tc.critic_lr, weight_decay=tc.critic_weight_decay, **groups,
+                critic_net, opt=tc.optimizer, lr=tc.critic_lr, weight_decay=tc.critic_weight_decay, **groups,
                 **fused,
             )
             self.critic_scheduler = make_lr_scheduler(self.critic_optimizer, tc, total_steps, tc.critic_lr)
@@ -128,7 +146,13 @@ class QTAgent(Agent):
         # 1. Critic: targets from the preset's backup, bootstrapped through the EMA policy (eval mode).
         if self.critic is not None:
             assert self.backup is not None
-            critic_states = states.detach()  # the critic reads the policy's encoder features; its loss does not train it
+            if self.critic_encoder is None:  # shared: the policy's encoder features; the critic loss does not train it
+                critic_states, critic_next_states = states.detach(), next_states
+            else:  # separate: the critic's own encoder, trained by the critic loss below
+                critic_states = self.encode(batch.observations, batch.proprio, encoder=self.critic_encoder)
+                with torch.no_grad():
+                    critic_next_states = self.encode(batch.next_observations, batch.next_proprio,
+                                                     encoder=self.critic_encoder)
             with torch.no_grad(), self.autocast():
                 if self.backup.needs_next_values:
                     bootstrap_actions = None
@@ -136,15 +160,20 @@ class QTAgent(Agent):
                         # actions only: the GPT policy then skips its next-state outputs (same actions)
                         only_actions = {"predict_next": False} if self.ema_policy.supports_last_only else {}
                         bootstrap_actions = self.ema_policy(states, actions, rtg, timesteps, mask, **only_actions)[0].float()
-                    next_values, next_valid = self.critic.bootstrap(critic_states, next_states, bootstrap_actions, mask)
+                    next_values, next_valid = self.critic.bootstrap(critic_states, critic_next_states, bootstrap_actions,
+                                                                    mask)
                 else:  # e.g. Monte-Carlo targets: no bootstrap, no EMA forward pass
                     next_values, next_valid = torch.zeros_like(batch.rewards), mask
                 targets, valid = self.backup(batch, next_values.float(), next_valid)  # [B, K] each
             with self.autocast():
                 critic_loss, critic_metrics = self.critic.loss(critic_states, actions, targets, valid, batch=batch)
             critic_clip = tc.grad_clip if tc.critic_grad_clip == "grad_clip" else tc.critic_grad_clip
-            self.step_optimizer(self.critic_optimizer, self.critic_scheduler, critic_loss, self.critic.parameters(),
+            critic_parameters = list(self.critic.parameters())
+            if self.critic_encoder is not None:
+                critic_parameters += list(self.critic_encoder.parameters())
+            self.step_optimizer(self.critic_optimizer, self.critic_scheduler, critic_loss, critic_parameters,
                                 critic_clip, "critic")
+            critic_states = critic_states.detach()  # below, the critic only scores (L_Q, diagnostics)
             metrics.update(critic_metrics)
             metrics["target_valid_frac"] = valid.float().mean()
             if diagnose:

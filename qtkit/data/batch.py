@@ -26,6 +26,9 @@ class Batch:
     timesteps          [B, K]       absolute step index t within its episode (long)
     terminals          [B, K]       True where the MDP terminated after step t (bool)
     mask               [B, K]       True at valid positions (bool), contiguous per row
+    proprio            [B, K, P]    the proprioceptive vector of o_t (image + vector observations,
+                                    raw; None without), float32
+    next_proprio       [B, K, P]    that of o_{t+1} (None without)
     """
 
     observations: Tensor
@@ -37,6 +40,8 @@ class Batch:
     timesteps: Tensor
     terminals: Tensor
     mask: Tensor
+    proprio: Tensor | None = None
+    next_proprio: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -47,13 +52,11 @@ class Batch:
         return int(self.mask.shape[1])
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
-        return Batch(**{
-            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in dataclasses.fields(self)
-        })
+        return Batch(**{name: value.to(device, non_blocking=non_blocking) for name, value in self.as_dict().items()})
 
     def pin_memory(self) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in dataclasses.fields(self)})
+        return Batch(**{name: value.pin_memory() for name, value in self.as_dict().items()})
 
     def as_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields that hold tensors (``proprio``/``next_proprio`` only when present)."""
+        return {f.name: value for f in dataclasses.fields(self) if (value := getattr(self, f.name)) is not None}

@@ -182,6 +182,9 @@ def _short_space(value: Any) -> str:
 
         low, high = np.asarray(space.get("low"), dtype=float), np.asarray(space.get("high"), dtype=float)
         return f"Box({low.min():g}..{high.max():g}, shape={tuple(space.get('shape', low.shape))}, {space.get('dtype')})"
+    if isinstance(space, dict) and space.get("type") == "Dict" and isinstance(space.get("subspaces"), dict):
+        parts = ", ".join(f"{key}: {_short_space(sub)}" for key, sub in space["subspaces"].items())
+        return f"Dict({parts})"
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -211,6 +214,9 @@ def inspect_cmd(
                    f"{int(data.truncations.sum())} truncations")
         if data.ref_min_score is not None and data.ref_max_score is not None:
             typer.echo(f"ref {data.ref_min_score:.2f} / {data.ref_max_score:.2f}")
+        if data.is_image:
+            extra = f", proprioceptive vector of {data.proprio_dim} ({data.observation_parts})" if data.proprio_dim else ""
+            typer.echo(f"frames {tuple(data.obs_shape)} uint8{extra}")
         if data.env_id:
             typer.echo(f"env_id: {data.env_id}")
         return

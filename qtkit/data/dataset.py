@@ -20,8 +20,15 @@ array ``[N + E, H, W, C]``) are kept uint8 with their shape: ``observations [N +
 never copied to floats (a given uint8 array is not copied at all), ``is_image`` True, ``obs_shape`` ``(H,
 W, C)``, ``obs_dim`` ``H * W * C``. Windows are uint8 ``[B, K, H, W, C]`` (padding zeros) and stay uint8
 on the device: the encoder (``qtkit.encoders``) divides by 255. Images are not standardised:
-``obs_mean``/``obs_std`` are zeros/ones ``[H * W * C]`` (no pass over the frames). Mixing an image with
-vector parts (``{"pixels", "state"}``) is not supported yet: pick the image with ``observation_key``.
+``obs_mean``/``obs_std`` are zeros/ones ``[H * W * C]`` (no pass over the frames).
+
+Images with a proprioceptive vector (a Dict observation mixing one image with vector parts, e.g.
+``{"pixels": uint8 [H, W, C], "state": float [4]}``): the frames are ``observations`` as above and the vector
+parts, flattened and concatenated in the Dict's key order, are ``proprio [N + E, P]`` float32 (same rows as
+the observations; standardised with ``proprio_mean``/``proprio_std``); ``metadata["observation_parts"]``
+records the layout (:func:`qtkit.data.spaces.observation_parts`) so that an env's flattened observation can be
+split the same way. Windows carry ``proprio``/``next_proprio`` ``[B, K, P]``; image encoders concatenate it to
+their features. ``proprio=False`` (``from_episodes``, ``load_dataset``) keeps the frames only.
 
 Lazy frames (image datasets only): ``qtkit.data.load_dataset(spec, lazy=True)`` leaves the frames in
 their file and windows read only the rows they need (``is_lazy``, ``frames_storage``):
@@ -59,7 +66,7 @@ import torch
 from qtkit.data import statistics
 from qtkit.data.batch import Batch
 from qtkit.data.serialization import write_npz
-from qtkit.data.spaces import flatten_observation, image_key, image_shape
+from qtkit.data.spaces import flatten_observation, image_key, image_shape, observation_parts
 from qtkit.data.validation import (
     as_1d,
     as_2d,
@@ -95,6 +102,7 @@ class Episode:
     terminations  [T] bool    True at the last step if the MDP terminated there (no bootstrap)
     truncations   [T] bool    True at the last step if the episode was cut (time limit, data end)
     id            the episode's id in its source (Minari episode id), or its index
+    proprio       [T+1, P]    the proprioceptive vector of image + vector observations (None without)
     """
 
     observations: np.ndarray
@@ -103,6 +111,7 @@ class Episode:
     terminations: np.ndarray
     truncations: np.ndarray
     id: int | None = None
+    proprio: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -134,8 +143,8 @@ def _image_shape_of(observation_space: Any, observations: Any) -> tuple[int, ...
 
 
 def _select_image_key(observation_space: Any, first_obs: Any, observation_key: str | None) -> str | None:
-    """The Dict key whose image part a dataset keeps (None: not a Dict of images); :class:`DataError` for a Dict
-    mixing an image with other keys unless ``observation_key`` picks one."""
+    """The Dict key whose image part a dataset keeps (None: not a Dict with an image part). ``observation_key``
+    picks it (a :class:`DataError` when that is not an image part); else ``"pixels"`` or the only image key."""
     from gymnasium import spaces
 
     if isinstance(observation_space, spaces.Dict):
@@ -147,23 +156,37 @@ def _select_image_key(observation_space: Any, first_obs: Any, observation_key: s
                     f"observation space {observation_space}."
                 )
             return observation_key
-        key = image_key(observation_space)
-        if key is None:
-            return None
-        if len(keys) == 1:
-            return key
-        others = [k for k in keys if k != key]
-        raise DataError(
-            f"the observation space is a Dict of an image {key!r} and {others}; qtkit does not support mixing image "
-            f"frames with other observation parts yet (the {others} part would need its own encoder). Pass "
-            f"observation_key={key!r} (load_dataset(..., observation_key={key!r})) to keep only the frames and drop "
-            f"{others}."
-        )
+        return image_key(observation_space)
     if observation_key is not None:
         if isinstance(first_obs, Mapping) and observation_key in first_obs:
             return observation_key
         raise DataError(f"observation_key={observation_key!r} but the observations are not a dict with that key.")
     return None
+
+
+def _infer_dict_space(first_obs: Mapping[str, Any]) -> Any:
+    """A Dict space for dict observations given without one (keys sorted, as gymnasium does): uint8 arrays
+    ``[T+1, H, W, C]`` become image Boxes, the other parts unbounded float32 Boxes of their shapes."""
+    from gymnasium import spaces
+
+    parts = {}
+    for k, v in first_obs.items():
+        arr = np.asarray(v) if not hasattr(v, "dtype") else v
+        if np.dtype(arr.dtype) == np.uint8 and len(arr.shape) == 4:
+            parts[k] = spaces.Box(0, 255, tuple(int(s) for s in arr.shape[1:]), np.uint8)
+        else:
+            parts[k] = spaces.Box(-np.inf, np.inf, shape=tuple(np.asarray(v).shape[1:]), dtype=np.float32)
+    return spaces.Dict(parts)
+
+
+def proprio_space_of(observation_space: Any, key: str) -> Any:
+    """The Dict of the vector parts of an image + vector ``observation_space`` (all keys but image ``key``), in
+    its key order; None when ``key`` is the only part."""
+    from gymnasium import spaces
+
+    observation_parts(observation_space, key)  # a second image part is an error
+    rest = [(k, sub) for k, sub in observation_space.spaces.items() if k != key]
+    return spaces.Dict(rest) if rest else None
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -186,6 +209,8 @@ class TrajectoryDataset:
     episode_lengths [E] int      T_i >= 1, sum N
 
     ``episode_ids [E]`` (optional) are the episodes' ids in their source (default 0 .. E-1).
+    ``proprio [N + E, P]`` (optional, image datasets only): the proprioceptive vector of each observation row
+    (see the module docstring; ``metadata["observation_parts"]`` says how an env's observation splits).
     ``observation_space`` defaults to an unbounded Box; ``action_space`` to the smallest Box that
     contains [-1, 1] and every action (D4RL actions are in [-1, 1]). ``gamma`` (default 0.99) is
     the discount of the precomputed ``returns``. ``metadata`` keys used by qtkit: ``source``,
@@ -207,6 +232,7 @@ class TrajectoryDataset:
         metadata: Mapping[str, Any] | None = None,
         gamma: float = DEFAULT_GAMMA,
         episode_ids: Any = None,
+        proprio: Any = None,
     ) -> None:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._gamma = check_gamma(gamma)
@@ -242,6 +268,20 @@ class TrajectoryDataset:
         self._observation_space = observation_space
 
         check_finite(obs, act, rew, offsets, obs_offsets, lengths, ids, observation_space, name)
+        prop = None
+        if proprio is not None:
+            if self._image_shape is None:
+                raise DataError(
+                    f"{name}: proprio is for image observations (frames + a proprioceptive vector); vector "
+                    "observations hold every part already: concatenate it to them instead."
+                )
+            prop = as_2d("proprio", proprio, f" of {name}")
+            if len(prop) != len(obs):
+                raise DataError(
+                    f"{name}: proprio has {len(prop)} rows but there are {len(obs)} observation rows (one per "
+                    "observation, the final observation of each episode included)."
+                )
+            check_finite(prop, act, rew, offsets, obs_offsets, lengths, ids, None, f"{name} (proprio)")
         check_flags_at_ends(term, trunc, offsets, lengths, ids, name)
         last = offsets[1:] - 1
         trunc = trunc.copy()
@@ -260,6 +300,10 @@ class TrajectoryDataset:
             obs_mean, obs_std = np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32)
         self._obs_mean = _readonly(obs_mean)
         self._obs_std = _readonly(obs_std)
+        self._proprio: np.ndarray | None = None
+        if prop is not None:
+            p_mean, p_std = statistics.observation_stats(prop, obs_offsets)
+            self._proprio_mean, self._proprio_std = _readonly(p_mean), _readonly(p_std)
 
         # flat arrays with one zero row at the end: padded window positions gather that row
         def padded(arr: np.ndarray, dtype: Any) -> np.ndarray:
@@ -269,6 +313,8 @@ class TrajectoryDataset:
 
         # images: no padding row (that would copy every frame); windows fill padded positions with zeros
         self._obs = padded(obs, np.float32) if self._image_shape is None else obs
+        if prop is not None:
+            self._proprio = padded(prop, np.float32)
         self._act = padded(act, np.float32)
         self._rew = padded(rew, np.float32)
         self._rtg = padded(rtg, np.float32)
@@ -296,6 +342,7 @@ class TrajectoryDataset:
         metadata: Mapping[str, Any] | None = None,
         gamma: float = DEFAULT_GAMMA,
         observation_key: str | None = None,
+        proprio: bool = True,
     ) -> TrajectoryDataset:
         """Build a dataset from in-memory episodes.
 
@@ -305,20 +352,33 @@ class TrajectoryDataset:
         ``timeouts``; missing means False) and ``id``. Dict observations are flattened with
         ``observation_space`` (inferred from the arrays, keys sorted as gymnasium does, when None).
 
-        Images (an image Box space, or uint8 ``[T+1, H, W, C]`` arrays) are kept uint8. A Dict space with an
-        image part: a Dict of that image alone (e.g. ``{"pixels"}``) is read as the image; with other keys
-        too (``{"pixels", "state"}``) pass ``observation_key="pixels"`` to keep only the frames (mixing an image
-        with vector parts is not supported yet). The key is recorded as ``metadata["observation_key"]``.
+        Images (an image Box space, or uint8 ``[T+1, H, W, C]`` arrays) are kept uint8. A Dict with an image
+        part: a Dict of that image alone (e.g. ``{"pixels"}``) is read as the image; with vector parts too
+        (``{"pixels", "state"}``) the frames are the observations and the vector parts (flattened, in the
+        Dict's key order) the ``proprio`` vector, unless ``proprio=False`` (frames only). ``observation_key``
+        names the image part (default ``"pixels"``, or the only image); it is recorded as
+        ``metadata["observation_key"]``, the layout as ``metadata["observation_parts"]``.
         """
         eps = list(episodes)
         if not eps:
             raise DataError("from_episodes got no episodes; a dataset needs at least one episode of one step.")
         first_obs = get_field(eps[0], ("observations",), 0)
+        if observation_space is None and isinstance(first_obs, Mapping) and any(
+                np.dtype(getattr(v, "dtype", np.float32)) == np.uint8 and len(np.shape(v)) == 4
+                for v in first_obs.values()):
+            observation_space = _infer_dict_space(first_obs)  # dict observations with frames, given without a space
         key = _select_image_key(observation_space, first_obs, observation_key)
+        proprio_space = None
         if key is not None:
             if observation_space is not None:
+                if proprio:
+                    proprio_space = proprio_space_of(observation_space, key)
+                parts = observation_parts(observation_space, key) if proprio_space is not None else None
                 observation_space = observation_space.spaces[key]
             metadata = {**dict(metadata or {}), "observation_key": key}
+            metadata.pop("observation_parts", None)
+            if proprio_space is not None:
+                metadata["observation_parts"] = parts
         if observation_space is None and key is None and isinstance(first_obs, Mapping):
             from gymnasium import spaces
 
@@ -327,12 +387,25 @@ class TrajectoryDataset:
                 for k, v in first_obs.items()
             })
         obs_list, act_list, rew_list, term_list, trunc_list, lengths, ids = [], [], [], [], [], [], []
+        prop_list: list[np.ndarray] = []
         for i, ep in enumerate(eps):
             where = f" of episode {i}"
             raw_obs = get_field(ep, ("observations",), i)
             if key is not None:
                 if not isinstance(raw_obs, Mapping) or key not in raw_obs:
                     raise DataError(f"episode {i}: observations have no key {key!r} (the image part).")
+                if proprio_space is not None:
+                    try:
+                        prop = flatten_observation(proprio_space, {k: raw_obs[k] for k in proprio_space.spaces
+                                                                   if k in raw_obs})
+                    except DataError as e:
+                        raise DataError(f"episode {i} (the proprioceptive parts): {e}") from None
+                    if prop.ndim != 2 or len(prop) != len(raw_obs[key]):
+                        raise DataError(
+                            f"episode {i}: the proprioceptive parts {list(proprio_space.spaces)} have "
+                            f"{len(prop) if prop.ndim == 2 else 1} rows but the frames {len(raw_obs[key])}."
+                        )
+                    prop_list.append(prop)
                 raw_obs = raw_obs[key]
             image = _image_shape_of(observation_space, raw_obs) if not isinstance(raw_obs, Mapping) else None
             if image is not None:
@@ -374,7 +447,7 @@ class TrajectoryDataset:
             np.concatenate(obs_list), np.concatenate(act_list), np.concatenate(rew_list),
             np.concatenate(term_list), np.concatenate(trunc_list), np.asarray(lengths, dtype=np.int64),
             observation_space=observation_space, action_space=action_space, metadata=md, gamma=gamma,
-            episode_ids=ids,
+            episode_ids=ids, proprio=np.concatenate(prop_list) if prop_list else None,
         )
 
     def _set_action_space(self, action_space: Any) -> None:
@@ -401,6 +474,13 @@ class TrajectoryDataset:
             new._returns = _readonly(ret)
         if action_space is not None:
             new._set_action_space(action_space)
+        return new
+
+    def without_proprio(self) -> TrajectoryDataset:
+        """The same data without the proprioceptive vector (frames only)."""
+        new = self._clone()
+        new._proprio = None
+        new.metadata.pop("observation_parts", None)
         return new
 
     def with_gamma(self, gamma: float) -> TrajectoryDataset:
@@ -587,6 +667,33 @@ class TrajectoryDataset:
         """``[obs]`` float32 std of the same observations, plus 1e-6."""
         return self._obs_std
 
+    @property
+    def proprio(self) -> np.ndarray | None:
+        """``[N + E, P]`` float32 proprioceptive vectors, one per observation row (image + vector observations;
+        None without)."""
+        return None if self._proprio is None else self._proprio[:-1]
+
+    @property
+    def proprio_dim(self) -> int:
+        """Width P of the proprioceptive vector (0: none)."""
+        return 0 if self._proprio is None else int(self._proprio.shape[1])
+
+    @property
+    def proprio_mean(self) -> np.ndarray:
+        """``[P]`` float32 mean of the proprioceptive vectors (over every row, final observations included)."""
+        return self._proprio_mean if self._proprio is not None else np.zeros(0, np.float32)
+
+    @property
+    def proprio_std(self) -> np.ndarray:
+        """``[P]`` float32 std of the proprioceptive vectors, plus 1e-6."""
+        return self._proprio_std if self._proprio is not None else np.ones(0, np.float32)
+
+    @property
+    def observation_parts(self) -> list[list[Any]] | None:
+        """How an env's flattened observation splits into the frames and the proprioceptive vector
+        (:func:`qtkit.data.spaces.observation_parts`); None without a proprioceptive vector."""
+        return self.metadata.get("observation_parts") if self._proprio is not None else None
+
     def episode(self, index: int) -> Episode:
         """Episode ``index`` as read-only views into the flat arrays."""
         E = self.num_episodes
@@ -597,6 +704,7 @@ class TrajectoryDataset:
         return Episode(
             observations=self._obs[a + i: b + i + 1], actions=self._act[a:b], rewards=self._rew[a:b],
             terminations=self._term[a:b], truncations=self._trunc[a:b], id=int(self._ids[i]),
+            proprio=None if self._proprio is None else self._proprio[a + i: b + i + 1],
         )
 
     def __getitem__(self, index: int) -> Episode:
@@ -611,7 +719,8 @@ class TrajectoryDataset:
             f"TrajectoryDataset({self.name!r}, episodes={self.num_episodes}, steps={self.num_steps}, "
             f"obs_{'shape' if self.is_image else 'dim'}={self.obs_shape if self.is_image else self.obs_dim}, "
             f"act_dim={self.act_dim}, gamma={self.gamma}"
-            + (f", frames={self.frames_storage}" if self.is_image else "") + ")"
+            + (f", frames={self.frames_storage}" if self.is_image else "")
+            + (f", proprio_dim={self.proprio_dim}" if self.proprio_dim else "") + ")"
         )
 
     # ----------------------------------------------------------------------------------- use
@@ -666,6 +775,7 @@ class TrajectoryDataset:
         scheme: str = "uniform",
         device: str | torch.device | None = None,
         rows: slice | None = None,
+        frame_stack: int = 1,
     ) -> Batch:
         """``batch_size`` training windows of ``K`` steps as a :class:`Batch` (all ``[B, K, ...]``).
 
@@ -676,10 +786,12 @@ class TrajectoryDataset:
         ∝ T, start uniform in [0, T-1]); ``"inside"`` keeps full windows (start in [0, max(0, T-K)]).
         No window crosses an episode; padding is on the right and holds zeros (``mask`` False).
         ``rtg`` is the undiscounted return-to-go divided by ``rtg_scale``; observations are raw.
+        ``frame_stack`` F > 1 (images): each observation is its last F frames ``[B, K, F, H, W, C]``.
         ``rows``: draw all ``batch_size`` windows from the generator but return only these rows (a data-parallel
         rank's slice of the global batch). Implemented by :func:`qtkit.data.windows.sample_windows`.
         """
-        return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device, rows=rows)
+        return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device,
+                              frame_stack=frame_stack, rows=rows)
 
     # ----------------------------------------------------------------------------------- save
     def to_npz(self, path: str | os.PathLike[str], compress: bool = False) -> Path:

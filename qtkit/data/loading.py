@@ -70,6 +70,7 @@ def load_dataset(
     action_high: Any = None,
     lazy: bool | None = None,
     observation_key: str | None = None,
+    proprio: bool = True,
 ) -> TrajectoryDataset:
     """Load an offline RL dataset as a :class:`TrajectoryDataset` (see the module docstring for specs).
 
@@ -82,7 +83,9 @@ def load_dataset(
     them into memory, None (default) is lazy when the frames exceed :data:`LAZY_FRAMES_BYTES`; vector data
     is always read. A lazy npz must be uncompressed (``to_npz(compress=False)``): a compressed one is a
     :class:`DataError` with ``lazy=True``. ``observation_key`` picks the image part of a Dict observation
-    space (e.g. ``"pixels"`` of ``{"pixels", "state"}``; the other parts are dropped).
+    space (default ``"pixels"``, or its only image). The vector parts of such a Dict (``"state"`` of
+    ``{"pixels", "state"}``) become the dataset's ``proprio`` vector (read into memory, also when the frames
+    are lazy), unless ``proprio=False`` (frames only).
     """
     overrides = {k: v for k, v in (("ref_min_score", ref_min_score), ("ref_max_score", ref_max_score),
                                    ("env_id", env_id)) if v is not None}
@@ -91,7 +94,8 @@ def load_dataset(
             overrides[key] = float(overrides[key])
     if isinstance(spec, TrajectoryDataset):
         dataset = spec
-        if gamma is None and not overrides and action_low is None and action_high is None:
+        if gamma is None and not overrides and action_low is None and action_high is None and (
+                proprio or dataset.proprio is None):
             return dataset
     elif isinstance(spec, str) and spec.startswith("minari:"):
         dataset = _load_minari(spec[len("minari:"):].strip(), download=download, gamma=gamma, lazy=lazy,
@@ -122,6 +126,8 @@ def load_dataset(
         high = np.broadcast_to(np.asarray(dataset.action_high if action_high is None else action_high, np.float32),
                                (act_dim,))
         action_space = spaces.Box(low=low.copy(), high=high.copy(), dtype=np.float32)
+    if not proprio and dataset.proprio is not None:
+        dataset = dataset.without_proprio()
     if gamma is None and not overrides and action_space is None:
         return dataset
     return dataset._clone(gamma=gamma, metadata=overrides, action_space=action_space)
@@ -193,7 +199,7 @@ def _load_hdf5(path: Path, gamma: float | None, lazy: bool | None = None) -> Tra
                       if isinstance(f.get(k), h5py.Dataset) and _is_frames(f[k].shape, f[k].dtype)]
         keep_open = "observations" in frame_keys and _want_lazy(lazy, int(f["observations"].nbytes))
         arrays: dict[str, Any] = {}
-        for key in (*D4RL_KEYS, "next_observations"):
+        for key in (*D4RL_KEYS, "next_observations", "proprio", "next_proprio"):
             if key in f and isinstance(f[key], h5py.Dataset):
                 arrays[key] = f[key] if keep_open and key in frame_keys else f[key][()]
         extras: dict[str, Any] = {}
@@ -235,7 +241,7 @@ def _load_npz(path: Path, gamma: float | None, lazy: bool | None = None) -> Traj
                     )
                 mapped = {}
         arrays = {k: mapped[k] if k in mapped else npz[k]
-                  for k in (*D4RL_KEYS, "next_observations") if k in npz.files}
+                  for k in (*D4RL_KEYS, "next_observations", "proprio", "next_proprio") if k in npz.files}
         extras = {k: _scalar(npz[k]) for k in ("ref_min_score", "ref_max_score", "env_id") if k in npz.files}
         saved = json.loads(str(npz["qtkit_metadata"])) if "qtkit_metadata" in npz.files else None
     return _from_flat(arrays, present, extras, path, "npz", gamma, saved, lazy=bool(mapped))
@@ -353,8 +359,16 @@ def _from_flat(
         )
 
     ep_terminal = terminals[ends]
+    prop_all = None
     if image:
-        obs_all, lengths, step_keep, final_rule = _flat_frames(obs, nxt, ends, starts, ep_terminal, n, lazy, keep)
+        prop_rows = None
+        if "proprio" in arrays:  # image + vector observations (qtkit's npz): the proprioceptive rows
+            prop_rows = tuple(None if k not in arrays else _rows(_numeric(path, k, arrays[k]))
+                              for k in ("proprio", "next_proprio"))
+            if len(prop_rows[0]) != n:
+                raise DataError(f"{path}: 'proprio' has {len(prop_rows[0])} rows but there are {n} transitions.")
+        obs_all, lengths, step_keep, final_rule, prop_all = _flat_frames(
+            obs, nxt, ends, starts, ep_terminal, n, lazy, keep, prop_rows)
     elif nxt is not None:
         lengths = ends - starts + 1
         final_obs = nxt[ends]
@@ -412,6 +426,7 @@ def _from_flat(
     return TrajectoryDataset(
         obs_all, act[step_keep], flat["rewards"][step_keep], term, trunc, lengths,
         observation_space=obs_space, action_space=act_space, metadata=metadata, gamma=g, episode_ids=ids,
+        proprio=prop_all,
     )
 
 
@@ -431,11 +446,12 @@ def _flat_image(observations: Any, saved_space: Any) -> bool:
 
 def _flat_frames(
     obs: Any, nxt: Any, ends: np.ndarray, starts: np.ndarray, ep_terminal: np.ndarray, n: int, lazy: bool,
-    keep: list[Any] | None,
-) -> tuple[Any, np.ndarray, np.ndarray, str]:
+    keep: list[Any] | None, proprio: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> tuple[Any, np.ndarray, np.ndarray, str, np.ndarray | None]:
     """Image frames of a flat file in the dataset layout ``[N + E, H, W, C]`` (the rules of the module docstring),
-    as a row map over ``obs``/``nxt``: returns ``(frames, lengths, step_keep, final_rule)``; frames stay a
-    :class:`LazyFrames` in the file when ``lazy``, else they are read into memory."""
+    as a row map over ``obs``/``nxt``: returns ``(frames, lengths, step_keep, final_rule, proprio)``; frames stay a
+    :class:`LazyFrames` in the file when ``lazy``, else they are read into memory. ``proprio``: the file's
+    ``(proprio, next_proprio)`` rows, put in the same layout (in memory; None: none)."""
     from qtkit.data.frames import LazyFrames
 
     rows = np.arange(n, dtype=np.int64)
@@ -446,6 +462,9 @@ def _flat_frames(
         row = np.insert(rows, ends + 1, ends)
         frames = LazyFrames([obs, nxt], src, row, keep=keep or ())
         rule = "next_observations"
+        if proprio is not None and proprio[1] is None:
+            raise DataError("the file has 'proprio' but no 'next_proprio' to go with its next_observations.")
+        prop = None if proprio is None else LazyFrames(list(proprio), src, row).read_all()
     else:
         lengths = np.where(ep_terminal, ends - starts + 1, ends - starts)
         step_keep[ends[~ep_terminal]] = False
@@ -457,7 +476,8 @@ def _flat_frames(
         row = np.repeat(rows, counts)
         frames = LazyFrames([obs], np.zeros(len(row), dtype=np.int64), row, keep=keep or ())
         rule = "last transition dropped (time-outs); terminal observation repeated (terminations)"
-    return (frames if lazy else frames.read_all()), lengths, step_keep, rule
+        prop = None if proprio is None else np.asarray(proprio[0])[row]
+    return (frames if lazy else frames.read_all()), lengths, step_keep, rule, prop
 
 
 def _saved_spaces(saved: Mapping[str, Any], path: Path) -> tuple[Any, Any]:
@@ -584,10 +604,17 @@ def _minari_lazy(mds: Any, key: str | None, metadata: dict[str, Any], gamma: flo
     f = h5py.File(path, "r")
     try:
         ids = [int(i) for i in mds.episode_indices]
-        sources, act, rew, term, trunc, lengths = [], [], [], [], [], []
+        from qtkit.data.dataset import proprio_space_of
+        from qtkit.data.spaces import flatten_observation, observation_parts
+
+        space = mds.observation_space
+        proprio_space = proprio_space_of(space, key) if key is not None else None
+        sources, act, rew, term, trunc, lengths, prop = [], [], [], [], [], [], []
         for i in ids:
             group = f[f"episode_{i}"]
             obs = group["observations"]
+            if proprio_space is not None:  # the vector parts are small: read them
+                prop.append(flatten_observation(proprio_space, {k: obs[k][()] for k in proprio_space.spaces}))
             if key is not None:
                 obs = obs[key]
             T = len(group["rewards"])
@@ -603,13 +630,14 @@ def _minari_lazy(mds: Any, key: str | None, metadata: dict[str, Any], gamma: flo
         src = np.repeat(np.arange(len(ids), dtype=np.int64), lengths_arr + 1)
         starts = np.concatenate([[0], np.cumsum(lengths_arr + 1)[:-1]])
         row = np.arange(int(src.size), dtype=np.int64) - np.repeat(starts, lengths_arr + 1)
-        space = mds.observation_space
+        if proprio_space is not None:
+            metadata = {**metadata, "observation_parts": observation_parts(space, key)}
         return TrajectoryDataset(
             LazyFrames(sources, src, row, keep=[f]), np.concatenate(act), np.concatenate(rew),
             np.concatenate(term), np.concatenate(trunc), lengths_arr,
             observation_space=space.spaces[key] if key is not None else space, action_space=mds.action_space,
             metadata={**metadata, **({"observation_key": key} if key is not None else {})}, gamma=gamma,
-            episode_ids=ids,
+            episode_ids=ids, proprio=np.concatenate(prop) if prop else None,
         )
     except BaseException:
         f.close()

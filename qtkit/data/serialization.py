@@ -4,7 +4,8 @@ The file holds the transitions one row each (``observations, next_observations, 
 ``rewards, terminals, timeouts [N]``), the reference scores and env id when known, and
 ``qtkit_metadata`` (JSON: metadata, gamma, spaces, episode ids). Image frames are written uint8
 ``[N, H, W, C]`` (observations and next observations, so the file is D4RL-style; a lazy dataset's frames
-are read from its file to write them). Written uncompressed (the default), the file can be opened lazily:
+are read from its file to write them); a proprioceptive vector (image + vector observations) as
+``proprio``/``next_proprio [N, P]``. Written uncompressed (the default), the file can be opened lazily:
 ``load_dataset(path, lazy=True)`` memory-maps the frames. It is written to a temporary file
 in the target folder and then renamed over the target, so a reader never sees a partial file.
 """
@@ -40,6 +41,8 @@ def write_npz(dataset: TrajectoryDataset, path: str | os.PathLike[str], compress
         step_rows = np.delete(np.arange(len(obs)), obs_offsets[1:] - 1)
         observations = take_frames(obs, step_rows)
         next_observations = take_frames(obs, step_rows + 1)
+        if dataset.proprio is not None:  # image + vector observations: the proprioceptive rows likewise
+            proprio_rows = {"proprio": dataset.proprio[step_rows], "next_proprio": dataset.proprio[step_rows + 1]}
     else:
         observations = np.delete(obs, obs_offsets[1:] - 1, axis=0)
         next_observations = np.delete(obs, obs_offsets[:-1], axis=0)
@@ -51,6 +54,8 @@ def write_npz(dataset: TrajectoryDataset, path: str | os.PathLike[str], compress
         "terminals": dataset.terminations,
         "timeouts": dataset.truncations,
     }
+    if dataset.is_image and dataset.proprio is not None:
+        arrays.update(proprio_rows)
     for key in ("ref_min_score", "ref_max_score"):
         if dataset.metadata.get(key) is not None:
             arrays[key] = np.asarray(float(dataset.metadata[key]))

@@ -24,6 +24,7 @@ __all__ = [
     "flatten_observation",
     "image_key",
     "image_shape",
+    "observation_parts",
     "space_from_json",
     "space_to_json",
 ]
@@ -120,6 +121,45 @@ def image_key(space: Any) -> str | None:
     if not keys:
         return None
     return "pixels" if "pixels" in keys else str(keys[0])
+
+
+def observation_parts(space: Any, key: str) -> list[list[Any]]:
+    """The parts of a Dict observation that mixes image ``key`` with vector parts, in flattening order:
+    ``[[name, size, role], ...]`` with ``role`` ``"image"`` (the frames, ``size = H * W * C``) or ``"proprio"``
+    (a vector part, flattened; the proprioceptive vector is these parts concatenated in this order). E.g.
+    ``{"pixels": Box(0, 255, (64, 64, 3), uint8), "state": Box(-inf, inf, (4,))}`` ->
+    ``[["pixels", 12288, "image"], ["state", 4, "proprio"]]``. A second image part is a :class:`DataError`.
+    """
+    from gymnasium import spaces
+
+    out: list[list[Any]] = []
+    for name, sub in space.spaces.items():
+        if name == key:
+            out.append([str(name), int(spaces.flatdim(sub)), "image"])
+        elif image_shape(sub) is not None:
+            raise DataError(
+                f"the observation space has two image parts ({key!r} and {name!r}); qtkit reads one image and "
+                f"vector parts (e.g. {{'pixels', 'state'}})."
+            )
+        else:
+            out.append([str(name), int(spaces.flatdim(sub)), "proprio"])
+    return out
+
+
+def split_flat_observation(flat: np.ndarray, parts: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``flat [..., D]`` (a Dict observation flattened in ``parts``' order, :func:`observation_parts`) ->
+    (``frames [..., H * W * C]``, ``proprio [..., P]``): the image columns and the vector columns concatenated."""
+    frames, proprio, start = None, [], 0
+    for _, size, role in parts:
+        piece = flat[..., start:start + int(size)]
+        if role == "image":
+            frames = piece
+        else:
+            proprio.append(piece)
+        start += int(size)
+    if frames is None or start != flat.shape[-1]:
+        raise DataError(f"a flat observation of {flat.shape[-1]} columns does not match the parts {parts}.")
+    return frames, np.concatenate(proprio, axis=-1) if proprio else flat[..., :0]
 
 
 def flat_layout(space: Any) -> list[tuple[str, int]]:

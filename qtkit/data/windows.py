@@ -142,16 +142,24 @@ def sample_windows(
     scheme: str = "uniform",
     device: str | torch.device | None = None,
     rows: slice | None = None,
+    frame_stack: int = 1,
 ) -> Batch:
     """``batch_size`` windows of ``K`` steps of ``dataset`` as a :class:`Batch` (all ``[B, K, ...]``).
 
     The body of :meth:`TrajectoryDataset.sample_windows` (see it for the arguments): draws the
     starts with :func:`sample_window_starts` and gathers the dataset's flat arrays, whose extra
     zero row at the end fills the padded positions. The uniform scheme's slot offsets are cached
-    per K on the dataset. ``rows``: draw the starts of all ``batch_size`` windows (the generator advances
-    as for the whole batch) but gather only these rows (``[len(rows), K, ...]``): data-parallel ranks
+    per K on the dataset. ``frame_stack`` F > 1 (image datasets): each position's observation is its last F
+    frames, oldest first, ``[B, K, F, H, W, C]`` (the episode's first frame repeated before its start, as
+    gymnasium's ``FrameStackObservation`` pads with the reset frame when ``padding_type="reset"``); same for
+    ``next_observations``. ``rows``: draw the starts of all ``batch_size`` windows (the generator
+    advances as for the whole batch) but gather only these rows (``[len(rows), K, ...]``): data-parallel ranks
     share one stream and each keeps its slice of the global batch.
     """
+    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int | np.integer) or frame_stack < 1:
+        raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}.")
+    if frame_stack > 1 and not dataset.is_image:
+        raise ValueError(f"frame_stack={frame_stack} stacks image frames; {dataset.name} has vector observations.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
@@ -191,7 +199,8 @@ def sample_windows(
     if scale != 1.0:
         rtg = rtg / np.float32(scale)
     if dataset.is_image:
-        observations, next_observations = _image_windows(dataset, orow, nrow, B, K)
+        first_row = np.repeat(offsets[episode] + episode, K)  # each position's episode's first observation row
+        observations, next_observations = _image_windows(dataset, orow, nrow, B, K, first_row, int(frame_stack))
     else:
         observations = t(dataset._obs.take(orow, axis=0).reshape(B, K, obs_dim))
         next_observations = t(dataset._obs.take(nrow, axis=0).reshape(B, K, obs_dim))
@@ -206,21 +215,33 @@ def sample_windows(
         terminals=t(dataset._term.take(srow).reshape(B, K)),
         mask=t(mask),
     )
+    if dataset._proprio is not None:  # image + vector observations: the proprioceptive vectors of the same rows
+        P = dataset._proprio.shape[1]
+        batch.proprio = t(dataset._proprio.take(orow, axis=0).reshape(B, K, P))
+        batch.next_proprio = t(dataset._proprio.take(nrow, axis=0).reshape(B, K, P))
     return batch if device is None else batch.to(device)
 
 
 def _image_windows(
-    dataset: TrajectoryDataset, orow: np.ndarray, nrow: np.ndarray, B: int, K: int
+    dataset: TrajectoryDataset, orow: np.ndarray, nrow: np.ndarray, B: int, K: int, first_row: np.ndarray,
+    frame_stack: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[B, K, H, W, C]`` observations and next observations (zeros at padded positions, ``orow``/``nrow``
-    -1 there). The frames are read once for both (a window's o_t and o_{t+1} rows overlap), from memory or,
-    for a lazy dataset, from its file (only these rows)."""
+    -1 there; ``[B, K, F, H, W, C]`` with ``frame_stack`` F > 1: rows ``r - F + 1 .. r``, none before the
+    episode's ``first_row [B * K]``). Each frame is read once (a window's o_t and o_{t+1} rows, and the stacks,
+    overlap), from memory or, for a lazy dataset, from its file (only these rows)."""
     shape = dataset.obs_shape
     valid = orow >= 0
-    rows_o, rows_n = orow[valid], nrow[valid]
-    got = take_frames(dataset._obs, np.concatenate([rows_o, rows_n]))
-    obs = np.zeros((B * K, *shape), dtype=np.uint8)
-    nxt = np.zeros((B * K, *shape), dtype=np.uint8)
-    obs[valid] = got[: len(rows_o)]
-    nxt[valid] = got[len(rows_o):]
-    return torch.from_numpy(obs.reshape(B, K, *shape)), torch.from_numpy(nxt.reshape(B, K, *shape))
+    back = np.arange(frame_stack - 1, -1, -1, dtype=np.int64)  # F-1 .. 0: oldest frame first
+    first = first_row[valid][:, None]
+    rows_o = np.maximum(orow[valid][:, None] - back, first)  # [n, F]
+    rows_n = np.maximum(nrow[valid][:, None] - back, first)
+    wanted, inverse = np.unique(np.concatenate([rows_o, rows_n]).reshape(-1), return_inverse=True)
+    got = take_frames(dataset._obs, wanted)[inverse].reshape(2, -1, frame_stack, *shape)
+    stack = (frame_stack,) if frame_stack > 1 else ()
+    obs = np.zeros((B * K, *stack, *shape), dtype=np.uint8)
+    nxt = np.zeros((B * K, *stack, *shape), dtype=np.uint8)
+    obs[valid] = got[0].reshape(-1, *stack, *shape)
+    nxt[valid] = got[1].reshape(-1, *stack, *shape)
+    return (torch.from_numpy(obs.reshape(B, K, *stack, *shape)),
+            torch.from_numpy(nxt.reshape(B, K, *stack, *shape)))

@@ -14,7 +14,10 @@ Guarantees every encoder keeps (``tests/test_contract_encoder.py`` checks them):
 - a ``state_dict`` round trip reproduces the outputs; gradients reach every trainable parameter.
 
 Context parameters (supplied by the builder, never set in a preset): ``obs_shape`` (one observation's
-shape, ``(obs_dim,)`` for vectors) and ``obs_dim`` (its flat size).
+shape, ``(obs_dim,)`` for vectors), ``obs_dim`` (its flat size) and, for image encoders, ``proprio_dim`` (the
+width P of a proprioceptive vector that comes with each frame, 0 without: Dict observations
+``{"pixels", "state"}``; the encoder concatenates it, standardised by the agent, to its image features, so
+``out_dim`` is the image features' width plus P).
 """
 
 from __future__ import annotations
@@ -34,25 +37,58 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
     #: Whether the observations are images (uint8 ``[H, W, C]``): the agent then keeps them uint8 until this
     #: encoder and does not standardise them with the dataset's mean/std.
     is_image: bool = False
+    #: Width of the proprioceptive vector ``forward`` takes with each observation (0: none).
+    proprio_dim: int = 0
+    #: Frames per observation (image encoders' ``frame_stack``): with F > 1 ``forward`` takes the last F frames
+    #: ``[..., F, H, W, C]`` (oldest first), and the agent's windows and rollouts supply them.
+    frame_stack: int = 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape ``forward`` takes per position: ``obs_shape``, or ``(F, *obs_shape)`` with frame stacking."""
+        return tuple(self.obs_shape) if self.frame_stack == 1 else (self.frame_stack, *self.obs_shape)
 
     @abc.abstractmethod
-    def forward(self, observations: Tensor) -> Tensor:
-        """``observations [..., *obs_shape]`` (uint8 or float) -> ``features [..., out_dim]`` float32."""
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
+        """``observations [..., *input_shape]`` (uint8 or float), ``proprio [..., proprio_dim]`` (float, standardised;
+        only when ``proprio_dim > 0``) -> ``features [..., out_dim]`` float32."""
+
+    def check_proprio(self, proprio: Tensor | None, leading: tuple[int, ...]) -> None:
+        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``proprio`` is ``[*leading, proprio_dim]`` (or None
+        when ``proprio_dim`` is 0)."""
+        from qtkit.errors import ShapeMismatchError
+
+        if self.proprio_dim == 0:
+            if proprio is not None and proprio.shape[-1] != 0:
+                raise ShapeMismatchError(
+                    f"encoder {type(self).__name__} was built without a proprioceptive vector (proprio_dim=0) but got "
+                    f"one of width {proprio.shape[-1]}; build the agent from the dataset (qtkit.build(..., dataset=...))."
+                )
+            return
+        if proprio is None or tuple(proprio.shape) != (*leading, self.proprio_dim):
+            got = "none" if proprio is None else tuple(proprio.shape)
+            raise ShapeMismatchError(
+                f"encoder {type(self).__name__}: expected a proprioceptive vector {(*leading, self.proprio_dim)} with "
+                f"the observations (the 'state' part of {{'pixels', 'state'}} observations), got {got}."
+            )
 
     def check_shape(self, observations: Tensor) -> None:
-        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``observations`` end in ``obs_shape``."""
-        n = len(self.obs_shape)
-        if tuple(observations.shape[-n:]) != tuple(self.obs_shape):
+        """Raise :class:`qtkit.errors.ShapeMismatchError` unless ``observations`` end in ``input_shape``."""
+        shape = self.input_shape
+        n = len(shape)
+        if observations.dim() < n or tuple(observations.shape[-n:]) != shape:
             from qtkit.errors import ShapeMismatchError
 
+            what = "one observation's shape" if self.frame_stack == 1 else f"the last {self.frame_stack} frames"
             raise ShapeMismatchError(
                 f"encoder {type(self).__name__}: observations end in {tuple(observations.shape[-n:])}, expected "
-                f"{tuple(self.obs_shape)} (one observation's shape)."
+                f"{shape} ({what})."
             )
 
     def flatten_leading(self, observations: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        """``[..., *obs_shape]`` -> (``[N, *obs_shape]``, the leading shape) for encoders that take one batch
+        """``[..., *input_shape]`` -> (``[N, *input_shape]``, the leading shape) for encoders that take one batch
         dimension; undo with ``features.reshape(*leading, out_dim)``. A wrong shape raises ``ShapeMismatchError``."""
         self.check_shape(observations)
-        leading = tuple(observations.shape[: -len(self.obs_shape)])
-        return observations.reshape(-1, *self.obs_shape), leading
+        shape = self.input_shape
+        leading = tuple(observations.shape[: -len(shape)])
+        return observations.reshape(-1, *shape), leading

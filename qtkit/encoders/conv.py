@@ -31,7 +31,9 @@ class ConvEncoder(ImageEncoder):
 
     ``depth`` 3x3 convolutions of ``channels`` filters (stride 2, then 1), ReLU, flatten, Linear to ``features``,
     LayerNorm, then tanh when ``tanh``. ``augment``: DrQ random shift by up to that many pixels (edge
-    replication), in training mode only (0: off).
+    replication), in training mode only (0: off). ``frame_stack``: each observation is its last that many frames,
+    stacked on the channel axis (``3 * frame_stack`` input channels for RGB). A proprioceptive vector
+    (``proprio_dim``, from the data) is concatenated after: ``out_dim = features + proprio_dim``.
     """
 
     def __init__(
@@ -42,6 +44,8 @@ class ConvEncoder(ImageEncoder):
         depth: PositiveInt = 4,
         augment: NonNegativeInt = 4,
         tanh: bool = True,
+        frame_stack: PositiveInt = 1,
+        proprio_dim: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         where = "encoder 'conv'"
@@ -56,19 +60,20 @@ class ConvEncoder(ImageEncoder):
             )
         self.obs_shape = (h, w, c)
         self.features, self.channels, self.depth, self.augment, self.tanh = features, channels, depth, augment, tanh
-        self.out_dim = features
-        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, stride=2), nn.ReLU()]
+        self.proprio_dim, self.frame_stack = int(proprio_dim), int(frame_stack)
+        self.out_dim = features + self.proprio_dim
+        layers: list[nn.Module] = [nn.Conv2d(c * self.frame_stack, channels, 3, stride=2), nn.ReLU()]
         for _ in range(depth - 1):
             layers += [nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU()]
         self.convs = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():  # the flatten size, from a dummy pass (checks the arithmetic above)
-            flat = int(self.convs(torch.zeros(1, c, h, w)).shape[1])
+            flat = int(self.convs(torch.zeros(1, c * self.frame_stack, h, w)).shape[1])
         assert flat == channels * side_h * side_w, (flat, channels, side_h, side_w)
         self.head = nn.Sequential(nn.Linear(flat, features), nn.LayerNorm(features))
 
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         images, leading = self.frames(observations)
         out = self.head(self.convs(images))
         if self.tanh:
             out = torch.tanh(out)
-        return out.reshape(*leading, self.out_dim)
+        return self.with_proprio(out, proprio, leading)

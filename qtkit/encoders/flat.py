@@ -19,6 +19,8 @@ class FlatEncoder(Encoder):
         self.obs_shape = tuple(int(s) for s in obs_shape)
         self.out_dim = int(obs_dim)
 
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         self.check_shape(observations)  # shapes only: no copy, no device sync
+        if proprio is not None:
+            self.check_proprio(proprio, tuple(observations.shape[:-1]))
         return observations

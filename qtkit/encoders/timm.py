@@ -54,7 +54,9 @@ class TimmEncoder(ImageEncoder):
 
     ``features``: a Linear projection to that width (None: the model's ``num_features``). ``pretrained`` loads
     timm's weights (a download). Frames are normalised with the model's data-config mean/std and not resized.
-    ``augment``: DrQ random shift, training mode only (0: off).
+    ``augment``: DrQ random shift, training mode only (0: off). ``frame_stack``: the last that many frames, on
+    the channel axis (``in_chans = C * frame_stack``). A proprioceptive vector (``proprio_dim``, from
+    the data) is concatenated after: ``out_dim = features (or num_features) + proprio_dim``.
     """
 
     def __init__(
@@ -64,6 +66,8 @@ class TimmEncoder(ImageEncoder):
         pretrained: bool = False,
         features: PositiveInt | None = None,
         augment: NonNegativeInt = 4,
+        frame_stack: PositiveInt = 1,
+        proprio_dim: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         import timm
@@ -72,6 +76,8 @@ class TimmEncoder(ImageEncoder):
         where = "encoder 'timm'"
         h, w, c = image_shape(obs_shape, where)
         self.obs_shape = (h, w, c)
+        self.frame_stack = int(frame_stack)
+        c = c * self.frame_stack  # stacked frames are channels
         self.model, self.pretrained, self.features, self.augment = model, pretrained, features, augment
         try:
             self.net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=c)
@@ -94,11 +100,12 @@ class TimmEncoder(ImageEncoder):
             self.net.train(was_training)
         self.num_features = trunk
         self.proj = nn.Linear(trunk, features) if features is not None else None
-        self.out_dim = features if features is not None else trunk
+        self.proprio_dim = int(proprio_dim)
+        self.out_dim = (features if features is not None else trunk) + self.proprio_dim
 
-    def forward(self, observations: Tensor) -> Tensor:
+    def forward(self, observations: Tensor, proprio: Tensor | None = None) -> Tensor:
         images, leading = self.frames(observations)
         out = self.net((images - self.mean) / self.std)
         if self.proj is not None:
             out = self.proj(out)
-        return out.float().reshape(*leading, self.out_dim)
+        return self.with_proprio(out, proprio, leading)

@@ -61,7 +61,7 @@ class ARGreedySampler(Sampler):
             raise ConfigError("sampler 'ar-greedy' decodes actions from an autoregressive critic ('ar-q'); "
                               f"this agent has {type(critic).__name__ if critic is not None else 'none'}.")
         w = int(critic.state_window)
-        states, mask = ctx.states[:, -w:], ctx.mask[:, -w:]
+        states, mask = ctx.critic_view()[:, -w:], ctx.mask[:, -w:]
         choose = None if self.temperature == 0 and self.epsilon == 0 else self._chooser(generator)
         bins, _ = critic.decode(states, mask, choose)
         actions = critic.undiscretize(bins)

@@ -20,7 +20,9 @@ class RolloutContext:
 
     states [E, K, obs] standardised; actions [E, K, act] executed (the current step's is zero);
     timesteps [E, K] long; mask [E, K] bool; rtg [E, N, K]: each of the sampler's N candidate rows
-    keeps its own (scaled) return-to-go history.
+    keeps its own (scaled) return-to-go history. critic_states [E, K, F'] (None: the critic reads ``states``):
+    the features of the critic's own encoder (QT's ``critic_encoder: separate``); read them with
+    :meth:`critic_view`.
     """
 
     states: Tensor
@@ -28,6 +30,12 @@ class RolloutContext:
     timesteps: Tensor
     mask: Tensor
     rtg: Tensor
+    critic_states: Tensor | None = None
+
+    def critic_view(self) -> Tensor:
+        """The state features ``[E, K, F]`` the critic scores: ``critic_states`` when the critic has its own
+        encoder, else ``states``."""
+        return self.states if self.critic_states is None else self.critic_states
 
     @property
     def num_envs(self) -> int:

@@ -58,7 +58,7 @@ class RTGGridSampler(Sampler):
         actions = candidate_actions(policy, ctx)  # [E, N, act]
         if critic is None:
             raise ConfigError("sampler 'rtg-grid' scores candidates with a critic; this agent has none.")
-        state = ctx.states[:, -1:].expand(-1, ctx.num_rows, -1)
+        state = ctx.critic_view()[:, -1:].expand(-1, ctx.num_rows, -1)
         scores = critic.score(state, actions)  # [E, N]
         row = choose(scores, self.selection, self.temperature, generator)
         if self.q_rtg_row:
@@ -117,6 +117,6 @@ class GaussianSampler(Sampler):
         noise[:, 0] = 0.0  # the unperturbed action is always a candidate
         low, high = policy.action_low, policy.action_high
         actions = torch.maximum(torch.minimum(mean.unsqueeze(1) + noise.to(mean), high), low)
-        state = ctx.states[:, -1:].expand(-1, self.candidates, -1)
+        state = ctx.critic_view()[:, -1:].expand(-1, self.candidates, -1)
         row = choose(critic.score(state, actions), self.selection, self.temperature, generator)
         return actions[torch.arange(mean.shape[0]), row], row

@@ -23,6 +23,9 @@ Makers:
   reference scores as the state maker with the same arguments) with 64x64 RGB top-view frames (uint8,
   stored raw: ~123 MB per 10k steps) as observations, rendered by MuJoCo (EGL headless); evaluation env
   ``qtkit/Maze2D-*-Pixels-v0`` renders the same way. Default 100k / 200k steps.
+- ``maze2d-{umaze,medium}[-dense]-pixels-state``: the same frames next to the (x, y, vx, vy) state, as
+  ``{"pixels", "state"}`` observations (image + proprioceptive vector); evaluation env
+  ``qtkit/Maze2D-*-PixelsState-v0``.
 - ``pointmaze-{umaze,medium,large}-{sparse,dense}``: goal-conditioned PointMaze v3 data (desired_goal
   in the observation, reward relative to the moving goal): the same noisy planner, one continuous run
   with goals resampled on arrival, cut into fixed-length truncated episodes. Imitation alone reaches
@@ -30,6 +33,8 @@ Makers:
 - ``{hopper,halfcheetah,walker2d}-random``: uniform-random policy in the MuJoCo -v5 env.
 - ``hopper-random-pixels``: ``hopper-random`` with 64x64 RGB frames of a camera tracking the torso;
   evaluation env ``qtkit/Hopper-Pixels-v0``.
+- ``hopper-random-pixels-state``: the same frames next to Hopper's 11-dimensional state, as ``{"pixels",
+  "state"}`` observations; evaluation env ``qtkit/Hopper-PixelsState-v0``.
 - ``{hopper,halfcheetah,walker2d}-medium-replay`` / ``-medium``: an online SAC run (stable-baselines3,
   ``pip install 'qtkit[makers]'``) stopped at the medium level: all it collected / rollouts of its
   final stochastic policy. Slow: ~15 min per 100k SAC steps on 2 idle cores.
@@ -177,6 +182,14 @@ def _registry() -> dict[str, Maker]:
                 default_steps=default_steps, build=partial(maze2d_pixels.make_maze2d_pixels, maze, reward),
                 default_noise=maze2d.DEFAULT_NOISE,
             ))
+            makers.append(Maker(
+                name=f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}-pixels-state",
+                summary=f"the -pixels frames plus the (x,y,vx,vy) state: {{pixels, state}} obs; eval env "
+                        f"{pixels.maze2d_pixels_env_id(maze, reward, True)}",
+                default_steps=default_steps,
+                build=partial(maze2d_pixels.make_maze2d_pixels, maze, reward, state=True),
+                default_noise=maze2d.DEFAULT_NOISE,
+            ))
     for maze in pointmaze.MAZES:
         for reward in ("sparse", "dense"):
             env_id = pointmaze.pointmaze_env_id(maze, reward)
@@ -197,6 +210,11 @@ def _registry() -> dict[str, Maker]:
                                     f"tracking the torso as obs; eval env {pixels.hopper_pixels_env_id(task)}",
                             default_steps=mujoco_pixels.DEFAULT_STEPS,
                             build=partial(mujoco_pixels.make_mujoco_random_pixels, task)))
+        makers.append(Maker(name=f"{task}-random-pixels-state",
+                            summary=f"{task}-random-pixels plus the state vector: {{pixels, state}} obs; eval env "
+                                    f"{pixels.hopper_pixels_env_id(task, True)}",
+                            default_steps=mujoco_pixels.DEFAULT_STEPS,
+                            build=partial(mujoco_pixels.make_mujoco_random_pixels, task, state=True)))
     for task, env_id in mujoco_random.TASKS.items():
         makers.append(Maker(
             name=f"{task}-medium-replay",

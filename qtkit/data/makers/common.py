@@ -69,8 +69,23 @@ def episode_buffer(
     )
 
 
+def _copy_observation(obs: Any) -> Any:
+    """A copy of one observation (a dict of arrays, e.g. ``{"pixels", "state"}``, copied key by key)."""
+    if isinstance(obs, dict):
+        return {key: np.array(value, copy=True) for key, value in obs.items()}
+    return np.array(obs, copy=True)
+
+
+def _stack_observations(observations: list[Any]) -> Any:
+    """``[T+1, ...]`` from T+1 observations (dicts: one stacked array per key)."""
+    if observations and isinstance(observations[0], dict):
+        return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
 class EpisodeRecorder:
-    """Accumulates a stream of env steps into episodes (observations keep the final one)."""
+    """Accumulates a stream of env steps into episodes (observations keep the final one; dict observations
+    such as ``{"pixels", "state"}`` are kept as dicts of arrays)."""
 
     def __init__(self) -> None:
         self.episodes: list[Any] = []
@@ -84,11 +99,11 @@ class EpisodeRecorder:
     def reset(self, obs: Any) -> None:
         """Start a new episode at ``obs`` (an unfinished one is closed with a truncation)."""
         self.close()
-        self._obs = [np.array(obs, copy=True)]
+        self._obs = [_copy_observation(obs)]
 
     def step(self, action: Any, obs: Any, reward: float, terminated: bool, truncated: bool) -> None:
         self._act.append(np.array(action, copy=True))
-        self._obs.append(np.array(obs, copy=True))
+        self._obs.append(_copy_observation(obs))
         self._rew.append(float(reward))
         self._term.append(bool(terminated))
         self._trunc.append(bool(truncated))
@@ -106,7 +121,7 @@ class EpisodeRecorder:
 
     def _flush(self) -> None:
         self.episodes.append(
-            episode_buffer(np.stack(self._obs), np.stack(self._act), np.array(self._rew),
+            episode_buffer(_stack_observations(self._obs), np.stack(self._act), np.array(self._rew),
                            np.array(self._term), np.array(self._trunc))
         )
         self._obs, self._act, self._rew, self._term, self._trunc = [], [], [], [], []

@@ -84,53 +84,58 @@ def make_maze2d_pixels(
     episode_length: int | None = None,
     ref_episodes: int = 50,
     size: int = DEFAULT_SIZE,
+    state: bool = False,
 ) -> Made:
     """``maze2d-<maze>[-dense]`` with ``size`` x ``size`` RGB top-view frames as observations (module docstring).
 
     ``episode_length``, ``ref_episodes``: as :func:`~qtkit.data.makers.maze2d.make_maze2d`. ``size``: frame side
     in pixels (default 64; >= 32, or Minari would not see the observations as images); the evaluation env
-    spec records it.
+    spec records it. ``state``: observations ``{"pixels": frame, "state": (x, y, vx, vy)}`` (the
+    ``-pixels-state`` makers; evaluation env ``qtkit/Maze2D-<Maze>-PixelsState-v0``).
     """
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 512:
         raise ConfigError(f"size={size!r}: the frame side must be an integer in [32, 512] (default {DEFAULT_SIZE}).")
-    name = f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}-pixels"
-    state = maze2d.make_maze2d(maze, reward, steps=steps, seed=seed, noise=noise, progress=progress,
+    name = f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}-pixels{'-state' if state else ''}"
+    made_state = maze2d.make_maze2d(maze, reward, steps=steps, seed=seed, noise=noise, progress=progress,
                                episode_length=episode_length, ref_episodes=ref_episodes)
-    env_id = maze2d_pixels_env_id(maze, reward)
+    env_id = maze2d_pixels_env_id(maze, reward, state)
     eval_spec = pixel_eval_spec(env_id, size)
     env = gym.make(eval_spec)  # the renderer, and the dataset's env (spec and spaces)
     try:
         wrapper = find_pixel_wrapper(env)
         env.reset(seed=0)  # pins the goal marker on the fixed target
-        states = [np.asarray(ep.observations) for ep in state.episodes]
+        states = [np.asarray(ep.observations) for ep in made_state.episodes]
         with progress_bar(sum(len(s) for s in states), progress, f"{name}: rendering") as bar:
             frames = render_states(wrapper, states, bar)
     finally:
         close_env(env)
     episodes = [
-        episode_buffer(f, ep.actions, ep.rewards, ep.terminations, ep.truncations, seed=ep.seed)
-        for f, ep in zip(frames, state.episodes, strict=True)
+        episode_buffer({"pixels": f, "state": np.asarray(ep.observations)} if state else f, ep.actions, ep.rewards,
+                       ep.terminations, ep.truncations, seed=ep.seed)
+        for f, ep in zip(frames, made_state.episodes, strict=True)
     ]
     camera = wrapper.camera_spec
     description = (
         f"{name}: maze2d-{maze}{'-dense' if reward == 'dense' else ''} (below) with {size}x{size} RGB frames as "
-        f"observations instead of (x, y, vx, vy): each recorded state rendered by MuJoCo (OpenGL "
+        f"observations{' next to' if state else ' instead of'} (x, y, vx, vy): each recorded state rendered by "
+        f"MuJoCo (OpenGL "
         f"{gl_backend()}, no shadows) from a fixed camera straight above the maze centre "
         f"(distance {camera['distance']}), the whole maze in view, the ball green, the fixed target's marker "
         f"red; the planner's moving goals are not drawn. Frames are stored raw (uint8, not JPEG). Evaluation "
         f"env {env_id}: the same task rendered the same way. Actions, rewards, episodes and reference scores "
-        f"are those of the state dataset with the same arguments. " + state.description
+        f"are those of the state dataset with the same arguments. " + made_state.description
     )
     provenance = {
-        **state.provenance,
+        **made_state.provenance,
         "env_id": env_id,
         "state_env_id": maze2d.maze2d_env_id(maze, reward),
         "state_maker": f"maze2d-{maze}{'-dense' if reward == 'dense' else ''}",
         "pixels": {"size": size, "camera": camera, "renderer": f"mujoco mjr_render, OpenGL {gl_backend()}, "
                    "no shadows/reflections", "storage": "raw uint8 (jpeg_encoding=False)"},
         "ref_scores_source": "the state maker's (same task, same seed): "
-                             f"{state.provenance.get('ref_max_source', '')}",
+                             f"{made_state.provenance.get('ref_max_source', '')}",
     }
-    return Made(episodes=episodes, env=env, eval_env=eval_spec, ref_min_score=state.ref_min_score,
-                ref_max_score=state.ref_max_score, description=description,
-                algorithm_name=state.algorithm_name, provenance=provenance, requirements=list(state.requirements))
+    return Made(episodes=episodes, env=env, eval_env=eval_spec, ref_min_score=made_state.ref_min_score,
+                ref_max_score=made_state.ref_max_score, description=description,
+                algorithm_name=made_state.algorithm_name, provenance=provenance,
+                requirements=list(made_state.requirements))

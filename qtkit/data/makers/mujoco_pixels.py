@@ -27,24 +27,27 @@ DEFAULT_STEPS = 100_000
 
 
 def make_mujoco_random_pixels(task: str, *, steps: int, seed: int, progress: bool, noise: None = None,
-                              ref_episodes: int | None = None, size: int = DEFAULT_SIZE) -> Made:
-    """``steps`` steps of uniform-random actions in ``qtkit/<Task>-Pixels-v0`` (module docstring)."""
+                              ref_episodes: int | None = None, size: int = DEFAULT_SIZE, state: bool = False) -> Made:
+    """``steps`` steps of uniform-random actions in ``qtkit/<Task>-Pixels-v0`` (module docstring); ``state``:
+    ``{"pixels", "state"}`` observations in ``qtkit/<Task>-PixelsState-v0`` (the frames and the state env's
+    observation, e.g. Hopper's 11 joint positions and velocities)."""
     if task not in MUJOCO_TASKS:
         raise ConfigError(f"no pixel env for {task!r}; pixel locomotion tasks: {', '.join(MUJOCO_TASKS)}.")
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 512:
         raise ConfigError(f"size={size!r}: the frame side must be an integer in [32, 512] (default {DEFAULT_SIZE}).")
     register_pixel_envs()
-    env_id = hopper_pixels_env_id(task)
+    env_id = hopper_pixels_env_id(task, state)
     eval_spec = pixel_eval_spec(env_id, size)
     env = gym.make(eval_spec)
-    name = f"{task}-random-pixels"
+    name = f"{task}-random-pixels{'-state' if state else ''}"
     camera = find_pixel_wrapper(env).camera_spec
     recorder = record_uniform_policy(env, steps=steps, seed=seed, progress=progress, label=name)
 
     ref_min, ref_max, provenance = reference_scores(task, seed=seed, episodes=ref_episodes)
     description = (
         f"{name}: {TASKS[task]} random (as {task}-random with the same seed: same actions, rewards and episodes) "
-        f"with {size}x{size} RGB frames as observations: MuJoCo's renderer (OpenGL {gl_backend()}, no shadows), "
+        f"with {size}x{size} RGB frames as observations{' (next to the state vector)' if state else ''}: "
+        f"MuJoCo's renderer (OpenGL {gl_backend()}, no shadows), "
         f"a camera tracking the torso (distance {camera['distance']}, elevation {camera['elevation']}). Frames are "
         f"stored raw (uint8, not JPEG). {steps} steps of a uniform-random policy; episodes end with the env's "
         f"termination or its 1000-step truncation, the last one is cut (truncated) at {steps} steps. Evaluation "

@@ -21,7 +21,9 @@ so by ``qtkit.data.loading.register_robotics_envs`` too):
   :class:`qtkit.data.makers.maze2d.Maze2DEnv` (fixed target, same reward, same horizon) seen from above
   (64x64, the whole maze, the ball green, the fixed target's red marker);
 - ``qtkit/Hopper-Pixels-v0``: ``Hopper-v5`` seen from the side by a camera tracking the torso (gymnasium's
-  default hopper view: distance 3, elevation -20).
+  default hopper view: distance 3, elevation -20);
+- ``...-PixelsState-v0`` (e.g. ``qtkit/Maze2D-UMaze-PixelsState-v0``, ``qtkit/Hopper-PixelsState-v0``): the same,
+  with ``{"pixels": frame, "state": the state env's observation}`` observations (frames + proprioceptive vector).
 
 Headless rendering: the OpenGL backend is ``$MUJOCO_GL`` when set (egl, osmesa, glfw), else EGL on Linux
 without ``$DISPLAY``, else GLFW. The context is made here, not through ``mujoco.Renderer``, because mujoco
@@ -207,18 +209,23 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``size`` x ``size`` RGB frames of the wrapped MuJoCo env from ``camera``.
 
     ``camera``: a dict (module docstring): ``lookat`` / ``distance`` / ``elevation`` / ``azimuth`` for a
-    fixed camera, or ``track_body`` instead of ``lookat`` for one following a body. Everything else
-    (rewards, terminations, infos, ``render()``) is the wrapped env's.
+    fixed camera, or ``track_body`` instead of ``lookat`` for one following a body. ``state``: observations are
+    ``{"pixels": frame, "state": the wrapped env's observation}`` (a Dict space), the frames plus the
+    proprioceptive vector. Everything else (rewards, terminations, infos, ``render()``) is the wrapped env's.
     """
 
-    def __init__(self, env: gym.Env, size: int = DEFAULT_SIZE, camera: dict[str, Any] | None = None) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self, size=size, camera=camera)
+    def __init__(self, env: gym.Env, size: int = DEFAULT_SIZE, camera: dict[str, Any] | None = None,
+                 state: bool = False) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, camera=camera, state=state)
         gym.ObservationWrapper.__init__(self, env)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"PixelObservation: size={size!r}, expected an integer >= 1")
         self.size = int(size)
         self.camera_spec = dict(camera or {"lookat": [0.0, 0.0, 0.0], "distance": 3.0})
-        self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+        self.state = bool(state)
+        frames = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+        self.observation_space = (gym.spaces.Dict({"pixels": frames, "state": env.observation_space}) if self.state
+                                  else frames)
         self._renderer: FrameRenderer | None = None
         self._camera: Any = None
 
@@ -229,7 +236,9 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             self._camera = self._renderer.camera(self.camera_spec)
         return self._renderer, self._camera
 
-    def observation(self, observation: Any) -> np.ndarray:
+    def observation(self, observation: Any) -> Any:
+        if self.state:
+            return {"pixels": self.frame(), "state": observation}
         return self.frame()
 
     def frame(self) -> np.ndarray:
@@ -266,20 +275,21 @@ def maze_top_camera(maze_map: list[list[Any]], scaling: float = 1.0, fovy: float
     return {"lookat": [0.0, 0.0, 0.0], "distance": round(distance, 4), "elevation": -90.0, "azimuth": 90.0}
 
 
-def maze2d_pixels_env_id(maze: str, reward: str) -> str:
-    """``qtkit/Maze2D-UMaze-Pixels-v0`` / ``qtkit/Maze2D-UMazeDense-Pixels-v0`` ..."""
+def maze2d_pixels_env_id(maze: str, reward: str, state: bool = False) -> str:
+    """``qtkit/Maze2D-UMaze-Pixels-v0`` / ``qtkit/Maze2D-UMazeDense-Pixels-v0`` ...; with ``state``
+    (``{"pixels", "state"}`` observations) ``qtkit/Maze2D-UMaze-PixelsState-v0`` ..."""
     from qtkit.data.makers.maze2d import maze2d_env_id
 
-    return maze2d_env_id(maze, reward).replace("-v0", "-Pixels-v0")
+    return maze2d_env_id(maze, reward).replace("-v0", "-PixelsState-v0" if state else "-Pixels-v0")
 
 
-def hopper_pixels_env_id(task: str = "hopper") -> str:
-    """``qtkit/Hopper-Pixels-v0``."""
-    return f"qtkit/{MUJOCO_TASKS[task][0].split('-')[0]}-Pixels-v0"
+def hopper_pixels_env_id(task: str = "hopper", state: bool = False) -> str:
+    """``qtkit/Hopper-Pixels-v0`` (``qtkit/Hopper-PixelsState-v0`` with ``state``)."""
+    return f"qtkit/{MUJOCO_TASKS[task][0].split('-')[0]}-Pixels{'State' if state else ''}-v0"
 
 
 def make_maze2d_pixels_env(maze: str = "umaze", reward_type: str = "sparse", size: int = DEFAULT_SIZE,
-                           render_mode: str | None = None, **kwargs: Any) -> PixelObservation:
+                           render_mode: str | None = None, state: bool = False, **kwargs: Any) -> PixelObservation:
     """The entry point of ``qtkit/Maze2D-*-Pixels-v0``: :class:`~qtkit.data.makers.maze2d.Maze2DEnv` seen from above."""
     from qtkit.data.makers.maze2d import Maze2DEnv
 
@@ -287,32 +297,35 @@ def make_maze2d_pixels_env(maze: str = "umaze", reward_type: str = "sparse", siz
     maze_obj = env.maze
     fovy = float(_physics(env)[0].vis.global_.fovy)
     camera = maze_top_camera(maze_obj.maze_map, maze_obj.maze_size_scaling, fovy, maze_obj.maze_height)
-    return PixelObservation(env, size=size, camera=camera)
+    return PixelObservation(env, size=size, camera=camera, state=state)
 
 
 def make_mujoco_pixels_env(task: str = "hopper", size: int = DEFAULT_SIZE, render_mode: str | None = None,
-                           **kwargs: Any) -> PixelObservation:
+                           state: bool = False, **kwargs: Any) -> PixelObservation:
     """The entry point of ``qtkit/Hopper-Pixels-v0``: the gymnasium MuJoCo env (unwrapped: the registered
     id adds the TimeLimit) with a camera tracking its torso."""
     env_id, camera = MUJOCO_TASKS[task]
     entry = gym.spec(env_id).entry_point
     creator = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
     env = creator(render_mode=render_mode, **kwargs)
-    return PixelObservation(env, size=size, camera=dict(camera))
+    return PixelObservation(env, size=size, camera=dict(camera), state=state)
 
 
 def register_pixel_envs() -> None:
     """Register the pixel evaluation envs (module docstring) with gymnasium (idempotent)."""
     from qtkit.data.makers.maze2d import MAZES, REWARDS
 
-    for maze, spec in MAZES.items():
-        for reward in REWARDS:
-            env_id = maze2d_pixels_env_id(maze, reward)
+    for state in (False, True):
+        for maze, spec in MAZES.items():
+            for reward in REWARDS:
+                env_id = maze2d_pixels_env_id(maze, reward, state)
+                if env_id not in gym.registry:
+                    gym.register(id=env_id, entry_point="qtkit.data.makers.pixels:make_maze2d_pixels_env",
+                                 max_episode_steps=spec.horizon,
+                                 kwargs={"maze": maze, "reward_type": reward, **({"state": True} if state else {})})
+        for task, (base_id, _) in MUJOCO_TASKS.items():
+            env_id = hopper_pixels_env_id(task, state)
             if env_id not in gym.registry:
-                gym.register(id=env_id, entry_point="qtkit.data.makers.pixels:make_maze2d_pixels_env",
-                             max_episode_steps=spec.horizon, kwargs={"maze": maze, "reward_type": reward})
-    for task, (base_id, _) in MUJOCO_TASKS.items():
-        env_id = hopper_pixels_env_id(task)
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="qtkit.data.makers.pixels:make_mujoco_pixels_env",
-                         max_episode_steps=_MAX_EPISODE_STEPS[base_id], kwargs={"task": task})
+                gym.register(id=env_id, entry_point="qtkit.data.makers.pixels:make_mujoco_pixels_env",
+                             max_episode_steps=_MAX_EPISODE_STEPS[base_id],
+                             kwargs={"task": task, **({"state": True} if state else {})})
