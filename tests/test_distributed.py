@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 import qtkit
-from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_dataset, pendulum_npz, run_qtkit, tiny
+from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_dataset, pendulum_npz, pixel_dataset, run_qtkit, tiny
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -135,6 +135,12 @@ def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
             assert torch.equal(getattr(part, name), getattr(whole, name)[4:8]), (scheme, name)
         # the generator advanced as for the whole batch
         assert torch.equal(gen.get_state(), _after(data, scheme))
+    frames = pixel_dataset()  # image windows with stacked frames: the same rows
+    whole = frames.sample_windows(8, 3, torch.Generator().manual_seed(5), frame_stack=2)
+    part = frames.sample_windows(8, 3, torch.Generator().manual_seed(5), frame_stack=2, rows=slice(0, 4))
+    assert part.observations.shape == (4, 3, 2, *frames.obs_shape)
+    assert torch.equal(part.observations, whole.observations[:4])
+    assert torch.equal(part.next_observations, whole.next_observations[:4])
 
 
 def _after(data: Any, scheme: str) -> torch.Tensor:
