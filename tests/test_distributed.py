@@ -79,12 +79,33 @@ def _train_like_the_cli(npz: str, log_dir: Path) -> None:
               progress=False)
 
 
+def _non_finite_on_rank_1() -> str | None:
+    """A fit whose rank 1 alone sees a NaN reward at its second step; the error each rank raised (None: none)."""
+    data = pendulum_dataset()
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"))
+    step = agent.train_step
+
+    def poisoned(batch: Any, diagnose: bool = False) -> dict[str, float]:
+        if dist.get_rank() == 1 and agent.step == 1:
+            batch.rewards[:] = float("nan")
+        return step(batch, diagnose)
+
+    agent.train_step = poisoned  # type: ignore[method-assign]
+    try:
+        agent.fit(data, steps=STEPS, progress=False)
+    except qtkit.errors.TrainingError as exc:
+        return f"{exc} [stopped at step {agent.step}]"
+    return None
+
+
 def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        torch.save({preset: _train(preset) for preset in PRESETS}, Path(out) / f"rank{rank}.pt")
+        result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
+        result["non_finite"] = _non_finite_on_rank_1()
+        torch.save(result, Path(out) / f"rank{rank}.pt")
         _train_like_the_cli(npz, Path(out) / "cli")
     finally:
         dist.destroy_process_group()
@@ -122,6 +143,13 @@ def test_two_ranks_train_the_model_of_one_process_with_the_whole_batch(two_ranks
         assert torch.equal(rank0["weights"][key], rank1["weights"][key]), f"{preset} {key}: the ranks diverged"
         torch.testing.assert_close(rank0["weights"][key], value, atol=1e-5, rtol=0,
                                    msg=lambda m, key=key: f"{preset} {key}: 2 ranks x B/2 != 1 process x B: {m}")
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(two_ranks: dict) -> None:
+    errors = [two_ranks["ranks"][r]["non_finite"] for r in range(2)]
+    for error in errors:  # rank 0's loss was finite: it stops too, instead of waiting for rank 1 forever
+        assert error is not None and "non-finite critic loss at step 1 on at least one of the 2 ranks" in error, errors
+        assert error.endswith("[stopped at step 1]"), errors
 
 
 def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
