@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -98,6 +100,27 @@ def _non_finite_on_rank_1() -> str | None:
     return None
 
 
+class _BrokenEnv(gym.Env):
+    """Pendulum's spaces; every reset fails (an evaluation that fails on rank 0)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        raise qtkit.errors.DataError("the evaluation env is broken")
+
+
+def _failing_evaluation() -> tuple[str, str] | None:
+    """A fit whose final evaluation (rank 0's) fails; ``(error type, message)`` each rank raised (None: none)."""
+    data = pendulum_dataset()
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"))
+    try:
+        agent.fit(data, steps=2, eval_env=_BrokenEnv(), eval_episodes=1, progress=False)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
 def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
@@ -105,6 +128,7 @@ def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) ->
     try:
         result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
         result["non_finite"] = _non_finite_on_rank_1()
+        result["evaluation"] = _failing_evaluation()
         torch.save(result, Path(out) / f"rank{rank}.pt")
         _train_like_the_cli(npz, Path(out) / "cli")
     finally:
@@ -150,6 +174,11 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(two_ranks: 
     for error in errors:  # rank 0's loss was finite: it stops too, instead of waiting for rank 1 forever
         assert error is not None and "non-finite critic loss at step 1 on at least one of the 2 ranks" in error, errors
         assert error.endswith("[stopped at step 1]"), errors
+
+
+def test_rank_0_s_failing_evaluation_stops_every_rank(two_ranks: dict) -> None:
+    errors = [two_ranks["ranks"][r]["evaluation"] for r in range(2)]
+    assert errors[0] == errors[1] == ("DataError", "the evaluation env is broken"), errors  # rank 1 did not wait
 
 
 def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
