@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 import qtkit
-from tests.conftest import TINY_SETS, assert_clean_failure, pendulum_dataset, pendulum_npz, pixel_dataset, run_qtkit, tiny
+from tests.conftest import TINY_SETS, pendulum_dataset, pendulum_npz, pixel_dataset, run_qtkit, tiny
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -207,14 +207,21 @@ def _after(data: Any, scheme: str) -> torch.Tensor:
 
 
 def test_batch_size_must_split_over_the_processes(npz: str, tmp_path: Path) -> None:
-    result = run_qtkit("train", "--preset", "qt-gpt-nstep", "--dataset", npz, "--out", tmp_path / "run", *TINY_SETS,
-                       "--set", "batch_size=9", "--nproc", "2")
-    assert_clean_failure(result, "train.batch_size=9", "--nproc 2", "batch_size=8")
-    assert not (tmp_path / "run").exists()  # refused before any process started
-    with pytest.raises(qtkit.errors.ConfigError, match="train.batch_size=9"):
-        from qtkit.training.distributed import check_batch_size
+    from typer.testing import CliRunner
 
-        check_batch_size(9, 2)
+    from qtkit.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--preset", "qt-gpt-nstep", "--dataset", npz, "--out",
+                                      str(tmp_path / "run"), *TINY_SETS, "--set", "batch_size=9", "--nproc", "2"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    for needle in ("error: train.batch_size=9 does not split over 2 processes", "--nproc 2", "--set batch_size=8"):
+        assert needle in result.output, result.output
+    assert not (tmp_path / "run").exists()  # refused before any process started
+    from qtkit.training.distributed import check_batch_size
+
+    with pytest.raises(qtkit.errors.ConfigError, match=r"train.batch_size=9 .* WORLD_SIZE=2"):
+        check_batch_size(9, 2)  # what every rank checks (torchrun, agent.fit under a process group)
+    check_batch_size(8, 2)
 
 
 # ----------------------------------------------------------------------------- the command line, killed and resumed
