@@ -159,12 +159,12 @@ def _clear_run(out: Path) -> None:
                 path.unlink()
 
 
-def _resume_command(args: dict[str, object], sets: list[str]) -> str:
-    """The exact `qtkit train ... --resume` that continues this run."""
-    import shlex
-
-    words = ["qtkit", "train", "--preset", args["preset"], "--dataset", args["dataset"], "--out", args["out"],
-             "--steps", args["steps"], "--seed", args["seed"]]
+def _train_words(args: dict[str, object], sets: list[str]) -> list[str]:
+    """The `train ...` arguments that repeat this run's options (without --resume, --overwrite, --nproc)."""
+    words = ["train", "--preset", args["preset"], "--dataset", args["dataset"], "--out", args["out"]]
+    if args.get("steps") is not None:
+        words += ["--steps", args["steps"]]
+    words += ["--seed", args["seed"]]
     for item in sets:
         words += ["--set", item]
     for flag in ("eval_every", "eval_episodes", "checkpoint_every", "threads"):
@@ -172,7 +172,46 @@ def _resume_command(args: dict[str, object], sets: list[str]) -> str:
             words += ["--" + flag.replace("_", "-"), args[flag]]
     if args.get("no_eval"):
         words.append("--no-eval")
-    return shlex.join([*map(str, words), "--resume"])
+    return [str(w) for w in words]
+
+
+def _resume_command(args: dict[str, object], sets: list[str]) -> str:
+    """The exact `qtkit train ... --resume` that continues this run (with its --nproc; under torchrun: the
+    arguments to relaunch torchrun with)."""
+    import os
+    import shlex
+
+    from qtkit.training.distributed import LAUNCHER_ENV
+
+    words = _train_words(args, sets)
+    nproc = args.get("nproc") or os.environ.get(LAUNCHER_ENV)
+    if nproc and int(nproc) > 1:
+        words += ["--nproc", str(nproc)]
+    elif int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # launched by torchrun: the same launch, resumed
+        return "torchrun <the same torchrun options> -m qtkit " + shlex.join([*words, "--resume"])
+    return shlex.join(["qtkit", *words, "--resume"])
+
+
+NPROC_HELP = ("train data-parallel in N local processes (gloo on CPU, NCCL on GPUs, one GPU each): "
+              "train.batch_size is the global batch and must divide by N; rank 0 writes and evaluates. "
+              "Under torchrun leave it out")
+
+
+def _check_nproc(preset: str, sets: list[str], nproc: int) -> None:
+    """--nproc before any process starts: >= 1, not under torchrun, and the preset's batch splits into N."""
+    import os
+
+    from qtkit.config import apply_overrides, load_preset, resolve_config
+    from qtkit.errors import ConfigError, ParameterRangeError
+    from qtkit.training.distributed import check_batch_size
+
+    if nproc < 1:
+        raise ParameterRangeError(f"--nproc must be >= 1, got {nproc} (1: one process, the default).")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError("--nproc starts its own processes, but this one was started by a launcher (WORLD_SIZE="
+                          f"{os.environ['WORLD_SIZE']}, e.g. torchrun): leave --nproc out under torchrun.")
+    config = resolve_config(apply_overrides(load_preset(preset), parse_sets(sets)))
+    check_batch_size(int(config["train"]["batch_size"]), nproc)
 
 
 @app.command("train")
@@ -194,25 +233,62 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out (its checkpoint, metrics, "
                                    "summary and TensorBoard events are deleted first)"),
     threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
+    nproc: int = typer.Option(None, "--nproc", help=NPROC_HELP),
 ) -> None:
     """Train a preset on a dataset; writes metrics.csv, TensorBoard logs, a checkpoint and summary.json.
 
     Every option is checked before any work starts. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a
     checkpoint and prints the command that resumes it (exit 130 / 143); a second Ctrl-C stops at once, keeping the
-    last checkpoint.
+    last checkpoint. ``--nproc N`` (or torchrun) trains data-parallel: see the README's multi-process section.
     """
     from pathlib import Path
 
     from qtkit.errors import QtkitError
-    from qtkit.training.interrupts import TrainingInterrupted, exit_code, graceful_interrupts
+    from qtkit.training import distributed
 
     _set_threads(threads)
     args = {"preset": preset, "dataset": dataset, "out": out, "steps": steps, "seed": seed, "eval_every": eval_every,
             "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every, "threads": threads,
-            "no_eval": no_eval}
+            "no_eval": no_eval, "nproc": nproc}
     run_dir = Path(out)
+    if nproc is not None:
+        try:
+            _check_nproc(preset, set_, nproc)
+        except QtkitError as exc:
+            _fail(exc)
+        if nproc > 1:
+            words = [*_train_words(args, set_), *(["--resume"] if resume else []),
+                     *(["--overwrite"] if overwrite else [])]
+            hint = (f"The last checkpoint (if one was saved) is in {run_dir / 'checkpoint'}; resume with:\n  "
+                    f"{_resume_command(args, set_)}")
+            raise typer.Exit(code=distributed.launch(words, nproc, resume_hint=hint))
     try:
-        plan = _plan_training(args, set_, run_dir, resume=resume, overwrite=overwrite)
+        dp = distributed.init_from_env()  # a rank of torchrun or of --nproc: join the others
+    except QtkitError as exc:
+        _fail(exc)
+    try:
+        _train_ranked(args, set_, run_dir, resume=resume, overwrite=overwrite, dp=dp)
+    finally:
+        if dp is not None:
+            distributed.destroy()
+
+
+def _train_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, overwrite: bool, dp: object) -> None:
+    """The body of `qtkit train` in one process, or in one rank of a data-parallel run (``dp``: its
+    :class:`~qtkit.training.distributed.DataParallel`). Ranks plan together: rank 0 alone moves files, and an error
+    in any rank's plan stops every rank before training (rank 0 prints it); rank 0 prints the notices and results."""
+    import os
+    import sys
+
+    from qtkit.errors import QtkitError
+    from qtkit.training.distributed import DataParallel
+    from qtkit.training.interrupts import TrainingInterrupted, exit_code, graceful_interrupts
+
+    rank = dp.rank if isinstance(dp, DataParallel) else 0
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the notices and results are rank 0's to print
+    try:
+        plan = _plan_ranked(args, sets, run_dir, resume=resume, overwrite=overwrite, dp=dp)
         if plan is None:
             return
         agent, data, fit_kwargs = plan
@@ -220,24 +296,69 @@ def train_cmd(
             try:
                 result = agent.fit(data, **fit_kwargs)
             except TrainingInterrupted as exc:
-                typer.secho(f"\n{exc}.", fg=typer.colors.YELLOW, err=True)
-                typer.echo(f"resume with:\n  {_resume_command(args, set_)}", err=True)
+                if rank == 0:
+                    typer.secho(f"\n{exc}.", fg=typer.colors.YELLOW, err=True)
+                    typer.echo(f"resume with:\n  {_resume_command(args, sets)}", err=True)
                 raise typer.Exit(code=exit_code(exc.signum)) from None
             except KeyboardInterrupt:
-                typer.secho(f"\nstopped at once (a second interrupt); the last checkpoint in {run_dir / 'checkpoint'} "
-                            "is intact.", fg=typer.colors.YELLOW, err=True)
-                typer.echo(f"resume with:\n  {_resume_command(args, set_)}", err=True)
+                if rank == 0:
+                    typer.secho(f"\nstopped at once (a second interrupt); the last checkpoint in "
+                                f"{run_dir / 'checkpoint'} is intact.", fg=typer.colors.YELLOW, err=True)
+                    typer.echo(f"resume with:\n  {_resume_command(args, sets)}", err=True)
                 raise typer.Exit(code=130) from None
     except QtkitError as exc:
+        if rank > 0:
+            typer.secho(f"error (rank {rank}): {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
         _fail(exc)
     _print_result(result)
 
 
+def _plan_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, overwrite: bool,
+                 dp: object) -> tuple | None:
+    """:func:`_plan_training` in every rank: rank 0 first puts back a checkpoint a kill left aside, then all plan
+    at once (rank 0 alone clears an --overwrite folder) and agree: any rank's error is raised by every rank (rank 0's
+    message names the ranks that failed)."""
+    from qtkit.errors import ConfigError, QtkitError
+    from qtkit.training.distributed import DataParallel
+
+    if not isinstance(dp, DataParallel):
+        return _plan_training(args, sets, run_dir, resume=resume, overwrite=overwrite)
+    import torch.distributed as dist
+
+    from qtkit.checkpoint import recover_checkpoint
+    from qtkit.training.distributed import collective
+
+    if resume and dp.is_main and (run_dir / "checkpoint").parent.is_dir():
+        with contextlib.suppress(QtkitError):  # a failure is reported by the plan below
+            recover_checkpoint(run_dir / "checkpoint")
+    with collective("the start"):
+        dist.barrier()
+    plan, error = None, None
+    try:
+        plan = _plan_training(args, sets, run_dir, resume=resume, overwrite=overwrite, dp=dp)
+    except QtkitError as exc:
+        error = exc
+    messages: list = [None] * dp.world_size
+    with collective("the checks before training"):
+        dist.all_gather_object(messages, None if error is None else str(error))
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        if error is not None and dp.rank == 0:
+            raise error
+        if dp.rank == 0:
+            raise ConfigError("; ".join(f"rank {r}: {m}" for r, m in failed))
+        raise typer.Exit(code=2)  # rank 0 prints it
+    return plan
+
+
 def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
-                   overwrite: bool) -> tuple | None:
+                   overwrite: bool, dp: object = None) -> tuple | None:
     """Everything `qtkit train` checks and sets up before the first step, in order: the options, the run folder's
     state, the dataset, the agent (config ranges, context, device), the evaluation env, then the folder itself.
-    Returns ``(agent, dataset, fit kwargs)``, or None when a resumed run is already finished (reported here)."""
+    Returns ``(agent, dataset, fit kwargs)``, or None when a resumed run is already finished (reported here).
+    ``dp``: this process's rank of a data-parallel run (the batch must divide by the ranks; a checkpoint resumes
+    with as many ranks; only rank 0 moves or deletes files)."""
     import qtkit
     from qtkit.agents.evaluation import check_eval_env
     from qtkit.checkpoint import read_checkpoint_config, read_checkpoint_state, recover_checkpoint
@@ -256,14 +377,18 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
     _check_out_path(run_dir)
     found = _run_files(run_dir)
     state, notice, finished = None, None, False
+    from qtkit.training.distributed import DataParallel, check_batch_size, check_world_size
+
+    main = not isinstance(dp, DataParallel) or dp.is_main  # the process that moves and deletes files
     if resume:
         checkpoint = run_dir / "checkpoint"
-        if not (run_dir.is_dir() and recover_checkpoint(checkpoint)):
+        if not (run_dir.is_dir() and (recover_checkpoint(checkpoint) if main else checkpoint.is_dir())):
             what = f"it holds {', '.join(found)} but no checkpoint" if found else (
                 "it holds no run" if run_dir.is_dir() else "it does not exist")
             raise ConfigError(f"--resume: nothing to continue in {str(run_dir)!r}: {what}. Fix: drop --resume to "
                               "start a new run there.")
         state = read_checkpoint_state(checkpoint)
+        check_world_size(int(state.get("world_size", 1)), checkpoint)
     elif found and not overwrite:
         raise ConfigError(
             f"--out {str(run_dir)!r} already holds a run ({', '.join(found)}). Fix: --resume to continue it, "
@@ -295,6 +420,8 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
     data = load_dataset(args["dataset"])
     agent = qtkit.build(args["preset"], dataset=data, seed=args["seed"], **parse_sets(sets))
     agent.check_fit(data)
+    if isinstance(dp, DataParallel):
+        check_batch_size(agent.train_config.batch_size, dp.world_size)
     if state is not None:
         agent.check_resumable(read_checkpoint_config(run_dir / "checkpoint"), run_dir / "checkpoint")
         if finished:
@@ -318,7 +445,7 @@ def _plan_training(args: dict, sets: list[str], run_dir: Path, *, resume: bool,
                             f"(and evaluate later with `qtkit eval {run_dir} --env ENV-ID`).") from None
     every = args["checkpoint_every"] or default_checkpoint_every(total)
     check_output_dir(run_dir)
-    if overwrite and found:
+    if overwrite and found and main:
         _clear_run(run_dir)
         typer.echo(f"--overwrite: removed the old run in {run_dir} ({', '.join(found)}).")
     if notice:
@@ -417,6 +544,14 @@ def sweep_cmd(
             for trial in trials:
                 typer.echo(f"{read_status(trial.run_dir).get('state', 'pending'):<8} {trial.key}")
             typer.echo(f"{len(trials)} trials, {spec.steps} steps each, out {spec.out}")
+            packed = f" ({1 / spec.gpus_per_trial:g} trials share a GPU)" if 0 < spec.gpus_per_trial < 1 else ""
+            typer.echo(f"resources per trial: {spec.cpus_per_trial:g} CPU, {spec.gpus_per_trial:g} GPU{packed}")
+            if spec.gpus_per_trial > 0:
+                from qtkit.sweep.runner import local_gpus
+
+                if local_gpus() == 0:
+                    typer.secho("note: this machine has no GPU: run the sweep with --address on a Ray cluster that has "
+                                "GPUs, or set resources.gpus_per_trial: 0 to train on CPU.", fg=typer.colors.YELLOW)
             return
         typer.echo(f"sweep {spec.name}: {len(trials)} trials ({len(spec.methods)} methods × {len(spec.datasets)} "
                    f"datasets × {len(spec.seeds)} seeds), {spec.steps} steps each, out {spec.out}")

@@ -73,6 +73,12 @@ def test_device_sampler_equals_the_host_sampler(name: str, scheme: str) -> None:
             assert b.dtype == a.dtype and b.shape == a.shape, field.name
             assert torch.equal(b, a), f"{name} {scheme} B={B}: field {field.name} differs"
     assert torch.equal(host.get_state(), device.get_state()), "the generators must end in the same state"
+    # a data-parallel rank's slice: the same rows of the same draws
+    want = data.sample_windows(8, K, host, rtg_scale=scale, scheme=scheme, frame_stack=stack, rows=slice(4, 8))
+    got = sampler.sample(8, device, rows=slice(4, 8))
+    for field in dataclasses.fields(want):
+        a, b = getattr(want, field.name), getattr(got, field.name)
+        assert (a is None and b is None) or torch.equal(a, b), f"{name} {scheme} rows 4:8: field {field.name}"
     if data.is_image:
         assert got.observations.dtype == torch.uint8
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -218,6 +219,102 @@ def test_cli_check_lists_trials_and_bad_files_exit_2(npz_path: str, tmp_path: Pa
     path.write_text(yaml.safe_dump(sweep_dict(npz_path, tmp_path / "out", methods=["dt-gtp"])))
     result = CliRunner().invoke(app, ["sweep", str(path)])
     assert result.exit_code == 2 and "Did you mean 'dt-gpt'" in result.output
+
+
+# ----------------------------------------------------------------------------- resources: packing trials on GPUs
+@pytest.mark.parametrize(("key", "value"), [
+    ("gpus_per_trial", -1), ("gpus_per_trial", 1.5), ("gpus_per_trial", "0.25"), ("gpus_per_trial", True),
+    ("gpus_per_trial", float("nan")), ("cpus_per_trial", 0), ("cpus_per_trial", -2), ("cpus_per_trial", 1.5),
+    ("cpus_per_trial", "two"),
+])
+def test_resources_must_be_ray_quantities(npz_path: str, tmp_path: Path, key: str, value: Any) -> None:
+    with pytest.raises(SweepError) as info:
+        parse_sweep(sweep_dict(npz_path, tmp_path / "out", resources={key: value}))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"resources.{key}: expected") and f"got {value!r}" in problem and "Fix: e.g." in problem
+
+
+@pytest.mark.parametrize(("cpus", "gpus"), [(1, 0), (2, 0.25), (0.5, 0.5), (4, 1), (1, 2)])
+def test_fractional_and_whole_resources_reach_every_trial(npz_path: str, tmp_path: Path, cpus: float,
+                                                          gpus: float) -> None:
+    spec = parse_sweep(sweep_dict(npz_path, tmp_path / "out", seeds=[0, 1],
+                                  resources={"cpus_per_trial": cpus, "gpus_per_trial": gpus}))
+    assert [(t.cpus, t.gpus) for t in spec.trials()] == [(cpus, gpus)] * 2
+
+
+def test_cli_check_shows_gpu_packing_and_refuses_nonsense(npz_path: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from qtkit.cli import app
+
+    monkeypatch.setattr("qtkit.sweep.runner.local_gpus", lambda: 0)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(npz_path, tmp_path / "out",
+                                              resources={"cpus_per_trial": 2, "gpus_per_trial": 0.25})))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "2 CPU, 0.25 GPU (4 trials share a GPU)" in result.output and "this machine has no GPU" in result.output
+    path.write_text(yaml.safe_dump(sweep_dict(npz_path, tmp_path / "out", resources={"gpus_per_trial": 1.5})))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--check"])
+    assert result.exit_code == 2 and "resources.gpus_per_trial" in result.output and "Fix:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_gpu_trials_without_a_gpu_are_refused_before_anything_starts(npz_path: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray", reason="needs the sweep extra: pip install 'qtkit[sweep]'")
+    monkeypatch.setattr("qtkit.sweep.runner.local_gpus", lambda: 0)
+    spec = parse_sweep(sweep_dict(npz_path, tmp_path / "out", resources={"gpus_per_trial": 0.25}))
+    with pytest.raises(qtkit.errors.ConfigError, match=r"gpus_per_trial is 0.25 but this machine has no GPU"):
+        run_sweep(spec, progress=False)
+    assert not (tmp_path / "out").exists()
+    from qtkit.sweep.runner import check_gpus
+
+    with pytest.raises(qtkit.errors.ConfigError, match=r"the Ray cluster at auto has 1 GPU.*--address"):
+        check_gpus([dataclasses.replace(t, gpus=2.0) for t in spec.trials()], have=1, where="the Ray cluster at auto")
+    check_gpus(spec.trials(), have=1, where="the Ray cluster")  # four such trials share that GPU
+    check_gpus(parse_sweep(sweep_dict(npz_path, tmp_path / "out")).trials(), have=0, where="this machine")  # CPU
+
+
+def test_ray_tasks_get_the_fractional_gpus(npz_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trials' resources are the Ray tasks' num_cpus / num_gpus (a stand-in Ray records them)."""
+    from qtkit.sweep import runner
+
+    class FakeRay:
+        def __init__(self) -> None:
+            self.options: list[dict[str, Any]] = []
+
+        def is_initialized(self) -> bool:
+            return True
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 2.0, "GPU": 1.0}
+
+        def remote(self, **_: Any) -> Any:
+            fake = self
+
+            class Task:
+                def options(self, **opts: Any) -> Any:
+                    fake.options.append(opts)
+                    return type("Bound", (), {"remote": staticmethod(lambda trial: ("ref", trial.key))})
+
+            return lambda fn: Task()
+
+        def wait(self, refs: list, num_returns: int, timeout: float) -> tuple[list, list]:
+            return refs[:num_returns], refs[num_returns:]
+
+        def get(self, ref: Any) -> dict[str, Any]:
+            return {"key": ref[1], "run_dir": "", "state": "done"}
+
+    fake = FakeRay()
+    monkeypatch.setattr(runner, "require_ray", lambda: fake)
+    spec = parse_sweep(sweep_dict(npz_path, tmp_path / "out", seeds=[0, 1, 2, 3],
+                                  resources={"cpus_per_trial": 0.5, "gpus_per_trial": 0.25}))
+    trials = spec.trials()
+    results = runner._run_ray(trials, runner._Progress(trials, False), None, None, None)
+    assert [r["state"] for r in results] == ["done"] * 4
+    assert [(o["num_cpus"], o["num_gpus"]) for o in fake.options] == [(0.5, 0.25)] * 4
 
 
 # ----------------------------------------------------------------------------- Ray

@@ -28,6 +28,7 @@ from qtkit.cpu import apply_cpu_tuning
 from qtkit.encoders import Encoder, FlatEncoder
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 from qtkit.params import Interval, Matches, NonNegativeFloat, NonNegativeInt, OneOf, PositiveFloat, PositiveInt, check_dataclass
+from qtkit.training import distributed
 
 if TYPE_CHECKING:
     from timm.scheduler.scheduler import Scheduler
@@ -372,6 +373,15 @@ class Agent(abc.ABC):
                 have = f"only {count} CUDA device(s)" if count else "no CUDA GPU (torch.cuda.is_available() is False)"
                 raise ConfigError(f"train.device={wanted!r} but this machine has {have}. Fix: --set device=cpu "
                                   "(or device=auto: the GPU when there is one).")
+        if device.type == "cuda" and (dp := distributed.world()) is not None:
+            count = torch.cuda.device_count()
+            if dp.local_rank >= count:
+                from qtkit.errors import ConfigError
+
+                raise ConfigError(f"rank {dp.rank} trains on cuda:{dp.local_rank} (its LOCAL_RANK) but this machine has "
+                                  f"{count} CUDA device(s). Fix: at most {count} processes per machine (--nproc / "
+                                  "torchrun --nproc-per-node), or --set device=cpu.")
+            device = torch.device("cuda", dp.local_rank)  # data-parallel: each rank on its own GPU (LOCAL_RANK)
         if device.type == "cuda":  # TF32 tensor-core matmuls (process-wide, like torch's own flags)
             torch.backends.cuda.matmul.allow_tf32 = self.train_config.tf32
             torch.backends.cudnn.allow_tf32 = self.train_config.tf32
@@ -456,18 +466,28 @@ class Agent(abc.ABC):
         """One update of ``optimizer`` from ``loss``: backward, optional gradient-norm ``clip``, step, then the
         LR of the next step. A non-finite ``loss`` (``what``: "policy", "critic") raises a TrainingError and
         changes nothing; with ``train.sync_free`` it is only recorded on the device (no sync) and raised by
-        :meth:`check_finite` at the next logged step, checkpoint or evaluation (the updates in between applied)."""
+        :meth:`check_finite` at the next logged step, checkpoint or evaluation (the updates in between applied).
+
+        Data-parallel training (:mod:`qtkit.training.distributed`): every rank raises when the loss is non-finite on
+        any rank (checked at every step: the ranks must agree before the all-reduce, so ``sync_free`` does not
+        defer this check there), and the gradients are averaged over the ranks (one bucketed all-reduce) before
+        the clip."""
         if optimizer is None:
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
-        if self.train_config.sync_free:
+        if self.train_config.sync_free and distributed.active() is None:
             self._watch_loss(loss, what)  # device-side bookkeeping; checked by check_finite() at log steps
-        elif not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite {what} loss ({float(loss.detach())}) at step {self.step}; the step was not applied. "
-                f"{_NON_FINITE_HINT}"
-            )
+        else:
+            distributed.check_finite(loss, what, self.step)  # data-parallel: all ranks agree (no-op in one process)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite {what} loss ({float(loss.detach())}) at step {self.step}; the step was not applied. "
+                    f"{_NON_FINITE_HINT}"
+                )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if distributed.active() is not None:
+            parameters = list(parameters)
+            distributed.average_gradients(parameters)  # the global batch's gradient on every rank
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
@@ -567,9 +587,12 @@ class Agent(abc.ABC):
 
         Sets the agent up (statistics, device, optimisers, or everything from the checkpoint), then runs the
         shared training loop (:func:`qtkit.training.train`), which owns the schedule, logging and results.
-        """
-        from qtkit.training import Schedule, train
 
+        Under an initialised ``torch.distributed`` process group of N > 1 processes (torchrun, ``qtkit train --nproc``,
+        or the caller's own), call it on every rank: it trains data-parallel (:mod:`qtkit.training.distributed`):
+        ``train.batch_size`` is the global batch (it must divide by N), each rank trains on its slice of one shared
+        batch stream, gradients are averaged, rank 0 writes ``log_dir`` and evaluates.
+        """
         if isinstance(dataset, str):
             from qtkit.data import load_dataset
 
@@ -582,6 +605,22 @@ class Agent(abc.ABC):
         check_schedule(steps, eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
                        until=until)
         self.check_fit(dataset, strict_context=False)
+        dp = distributed.world()  # a process group of > 1 processes: data-parallel training
+        if dp is not None:
+            distributed.check_batch_size(tc.batch_size, dp.world_size)
+        with distributed.sharding(dp):
+            return self._fit(dataset, steps, eval_env=eval_env, eval_every=eval_every, eval_episodes=eval_episodes,
+                             log_dir=log_dir, resume=resume, checkpoint_every=checkpoint_every, until=until,
+                             progress=progress)
+
+    def _fit(self, dataset: TrajectoryDataset, steps: int | None, *, eval_env: Any, eval_every: int | None,
+             eval_episodes: int | None, log_dir: str | Path | None, resume: str | Path | None,
+             checkpoint_every: int | None, until: int | None, progress: bool) -> dict[str, Any]:
+        """:meth:`fit` after its checks (inside :func:`qtkit.training.distributed.sharding` when data-parallel)."""
+        from qtkit.training import Schedule, train
+
+        tc = self.train_config
+        dp = distributed.active()
         total = int(steps if steps is not None else tc.steps)
         if resume is not None:
             self._restore(resume, dataset, total=steps)
@@ -591,6 +630,9 @@ class Agent(abc.ABC):
             self.to(self.resolve_device())
             self.make_optimizers(total)
             self.eval_history = []
+            distributed.seed_rank(tc.seed)  # data-parallel: rank r > 0 gets its own dropout/augmentation stream
+        if dp is not None:
+            distributed.broadcast_modules(self.modules().values())  # every rank starts from rank 0's weights
         if self.device.type == "cpu":
             apply_cpu_tuning()  # the one CPU-only process setting, behind QTKIT_CPU_TUNING (qtkit.cpu)
         if tc.compile and not self._compiled:
@@ -609,11 +651,13 @@ class Agent(abc.ABC):
             device_sampler = DeviceWindowSampler(dataset, tc.context, self.device, rtg_scale=tc.rtg_scale,
                                                  frame_stack=self.encoder.frame_stack)
 
+        rows = distributed.shard_rows(tc.batch_size)  # data-parallel: this rank's slice of the global batch
+
         def next_batch() -> Batch:
             if device_sampler is not None:  # the same windows, gathered on the device
-                return device_sampler.sample(tc.batch_size, self.generator)
+                return device_sampler.sample(tc.batch_size, self.generator, rows=rows)
             batch = dataset.sample_windows(tc.batch_size, tc.context, self.generator, rtg_scale=tc.rtg_scale,
-                                           frame_stack=self.encoder.frame_stack)
+                                           frame_stack=self.encoder.frame_stack, rows=rows)
             return batch.to(self.device)
 
         episodes = tc.eval_episodes if eval_episodes is None else eval_episodes
@@ -694,14 +738,24 @@ class Agent(abc.ABC):
             "eval_history": self.eval_history,
             "env_spec": self.env_spec,
             "dataset_id": self.dataset_id,
+            "world_size": dp.world_size if (dp := distributed.active()) is not None else 1,
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Save config (YAML), weights (safetensors) and the resume state, atomically."""
+        """Save config (YAML), weights (safetensors) and the resume state, atomically.
+
+        During a data-parallel fit every rank calls it: the ranks' torch random states are gathered into the state
+        (``rank_rng``, for an exact resume) and rank 0 alone writes."""
         from qtkit.checkpoint import save_checkpoint
 
         self.check_finite()  # train.sync_free: never write weights updated by a non-finite loss
-        return save_checkpoint(directory, self.config, self._weights(), self._state())
+        state = self._state()
+        dp = distributed.active()
+        if dp is not None:
+            state["rank_rng"] = distributed.gather_rng_states()
+            if not dp.is_main:
+                return Path(directory)
+        return save_checkpoint(directory, self.config, self._weights(), state)
 
     def load_weights(self, weights: dict[str, Tensor], state: dict[str, Any]) -> None:
         self.obs_mean = weights.pop("obs_mean")
@@ -731,9 +785,13 @@ class Agent(abc.ABC):
         """Continue the checkpoint in ``directory`` exactly; ``total``: a new length of the run (None: its own)."""
         from qtkit.checkpoint import read_checkpoint, recover_checkpoint
 
-        recover_checkpoint(directory)
+        dp = distributed.active()
+        if dp is None or dp.is_main:
+            recover_checkpoint(directory)  # moves files: one rank only, the others read after it
+        distributed.barrier()
         config, weights, state = read_checkpoint(directory)
         self.check_resumable(config, directory)
+        distributed.check_world_size(int(state.get("world_size", 1)), directory)
         self.check_dataset(dataset)
         self.load_weights(weights, state)
         self.to(self.resolve_device())
@@ -762,6 +820,11 @@ class Agent(abc.ABC):
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if dp is not None:  # each rank continues its own random stream
+            cpu_rng, cuda_rng = state["rank_rng"][dp.rank]
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -27,6 +27,7 @@ from qtkit.params import Interval, NonNegativeFloat, NonNegativeInt, PositiveFlo
 from qtkit.policies.base import BCPolicy, Policy
 from qtkit.registry import register
 from qtkit.samplers.base import Sampler
+from qtkit.training.distributed import mean_denominator, rank_mean
 
 
 @dataclass
@@ -49,7 +50,8 @@ class QTTrainConfig(TrainConfig):
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over the positions where ``mask`` holds; what the others hold (NaN included) never counts."""
     mask = mask.bool()
-    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
+    # data-parallel training: divided by the global count / N, so the ranks' mean is the global batch's mean
+    return torch.where(mask, x, 0.0).sum() / mean_denominator(mask.sum()).to(x.dtype)
 
 
 @register("agent", "qt")
@@ -193,7 +195,8 @@ class QTAgent(Agent):
                     p.requires_grad_(True)
                 members = torch.randperm(q.shape[0], generator=self.generator)
                 i, j = int(members[0]), int(members[-1])
-                q_loss = -_masked_mean(q[i], mask) / _masked_mean(q[j].abs(), mask).detach().clamp(min=1e-6)
+                scale = rank_mean(_masked_mean(q[j].abs(), mask).detach())  # the global batch's mean |Q_j|
+                q_loss = -_masked_mean(q[i], mask) / scale.clamp(min=1e-6)
                 q_term = tc.eta * q_loss
                 if diagnose:
                     metrics.update(gradient_balance(loss, q_term, self.policy.parameters()))

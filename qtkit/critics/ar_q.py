@@ -48,6 +48,7 @@ from qtkit.critics.base import AutoregressiveCritic, Chooser, soft_update
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.params import FiniteFloat, Ge, NonNegativeFloat, PositiveInt
 from qtkit.registry import register
+from qtkit.training.distributed import row_mean
 
 
 class ARQNet(nn.Module):
@@ -504,12 +505,15 @@ class ARQCritic(AutoregressiveCritic):
         n = bins.shape[0]
         if n == 0:
             zero = sum(p.sum() for p in self.net.parameters()) * 0.0
+            # data-parallel: take part in the other ranks' row means (their global row count includes this 0)
+            for _ in range(2 if self.conservative_weight > 0 else 1):
+                row_mean(zero.new_zeros(1, 0))
             return zero, {"critic_loss": zero.detach()}
         y = self._targets(hist, hist_mask, bins, last, returns)  # [N, D]
         q = self._teacher_forced(self.net, hist, hist_mask, bins).float()  # [H, N, D, bins]
         index = bins.unsqueeze(0).expand(self.heads, -1, -1).unsqueeze(-1)
         q_data = q.gather(-1, index).squeeze(-1)  # [H, N, D]
-        td = 0.5 * ((q_data - y) ** 2).sum(-1).mean(-1)  # [H]
+        td = row_mean(0.5 * ((q_data - y) ** 2).sum(-1))  # [H]: mean over the N rows
         loss = td.sum()
         metrics = {"td_loss": td.sum().detach()}
         if self.conservative_weight > 0:
@@ -518,7 +522,7 @@ class ARQCritic(AutoregressiveCritic):
             floor = self._floor().to(q.dtype)
             others_q = q.scatter(-1, index, floor.expand(index.shape))
             gap = (others_q - floor) ** 2
-            conservative = 0.5 * (gap.sum(-1) / (self.bins - 1)).sum(-1).mean(-1)  # [H]
+            conservative = row_mean(0.5 * (gap.sum(-1) / (self.bins - 1)).sum(-1))  # [H]
             loss = loss + self.conservative_weight * conservative.sum()
             metrics["conservative_loss"] = conservative.sum().detach()
             count = q_data.numel()  # H * N * D positions, bins - 1 other bins each

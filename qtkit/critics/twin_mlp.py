@@ -13,6 +13,7 @@ from qtkit.critics.base import Critic, soft_update
 from qtkit.errors import ConfigError
 from qtkit.params import OneOf, PositiveInt
 from qtkit.registry import register
+from qtkit.training.distributed import mean_denominator
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -108,7 +109,7 @@ class TwinMLPCritic(Critic):
         """TD loss: sum over members of the mean squared error at valid targets (``batch`` is not read)."""
         q = self(states, actions)  # [E, B, K]
         valid = valid.bool()
-        count = valid.sum().clamp(min=1).to(q.dtype)
+        count = mean_denominator(valid.sum()).to(q.dtype)  # data-parallel: the global count / N
         # torch.where, not a multiply by the mask: an invalid target may hold anything, NaN included
         errors = torch.where(valid, (q - targets.unsqueeze(0)) ** 2, 0.0)  # [E, B, K]
         per_member = errors.sum(dim=(1, 2)) / count

@@ -774,6 +774,7 @@ class TrajectoryDataset:
         *,
         scheme: str = "uniform",
         device: str | torch.device | None = None,
+        rows: slice | None = None,
         frame_stack: int = 1,
     ) -> Batch:
         """``batch_size`` training windows of ``K`` steps as a :class:`Batch` (all ``[B, K, ...]``).
@@ -786,10 +787,11 @@ class TrajectoryDataset:
         No window crosses an episode; padding is on the right and holds zeros (``mask`` False).
         ``rtg`` is the undiscounted return-to-go divided by ``rtg_scale``; observations are raw.
         ``frame_stack`` F > 1 (images): each observation is its last F frames ``[B, K, F, H, W, C]``.
-        Implemented by :func:`qtkit.data.windows.sample_windows`.
+        ``rows``: draw all ``batch_size`` windows from the generator but return only these rows (a data-parallel
+        rank's slice of the global batch). Implemented by :func:`qtkit.data.windows.sample_windows`.
         """
         return sample_windows(self, batch_size, K, generator, rtg_scale, scheme=scheme, device=device,
-                              frame_stack=frame_stack)
+                              frame_stack=frame_stack, rows=rows)
 
     # ----------------------------------------------------------------------------------- save
     def to_npz(self, path: str | os.PathLike[str], compress: bool = False) -> Path:

@@ -121,15 +121,21 @@ class DeviceWindowSampler:
         valid = torch.clamp(T - first, max=K)
         return episode, first, valid
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+    def sample(self, batch_size: int, generator: torch.Generator, rows: slice | None = None) -> Batch:
         """``batch_size`` windows as a :class:`~qtkit.data.Batch` on the device (all ``[B, K, ...]``), equal to
-        ``sample_windows(dataset, batch_size, K, generator, rtg_scale, scheme=scheme)`` moved to the device."""
+        ``sample_windows(dataset, batch_size, K, generator, rtg_scale, scheme=scheme, rows=rows)`` moved to the
+        device. ``rows`` (data-parallel ranks): draw all ``batch_size`` starts, gather only these rows."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}.")
         B, K = int(batch_size), self.K
         episode, first, valid = self.starts(B, generator)
+        if rows is not None:
+            episode, first, valid = episode[rows], first[rows], valid[rows]
+            B = int(episode.shape[0])
+            if B < 1:
+                raise ValueError(f"rows={rows!r} selects no window of a batch of {batch_size}.")
         mask = self.k[None, :] < valid[:, None]  # [B, K]
         steps = first[:, None] + self.k[None, :]  # absolute step index [B, K]
         srow = torch.where(mask, self.offsets[episode][:, None] + steps, self.total_steps).reshape(-1)

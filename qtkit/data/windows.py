@@ -141,6 +141,7 @@ def sample_windows(
     *,
     scheme: str = "uniform",
     device: str | torch.device | None = None,
+    rows: slice | None = None,
     frame_stack: int = 1,
 ) -> Batch:
     """``batch_size`` windows of ``K`` steps of ``dataset`` as a :class:`Batch` (all ``[B, K, ...]``).
@@ -151,7 +152,9 @@ def sample_windows(
     per K on the dataset. ``frame_stack`` F > 1 (image datasets): each position's observation is its last F
     frames, oldest first, ``[B, K, F, H, W, C]`` (the episode's first frame repeated before its start, as
     gymnasium's ``FrameStackObservation`` pads with the reset frame when ``padding_type="reset"``); same for
-    ``next_observations``.
+    ``next_observations``. ``rows``: draw the starts of all ``batch_size`` windows (the generator
+    advances as for the whole batch) but gather only these rows (``[len(rows), K, ...]``): data-parallel ranks
+    share one stream and each keeps its slice of the global batch.
     """
     if isinstance(frame_stack, bool) or not isinstance(frame_stack, int | np.integer) or frame_stack < 1:
         raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}.")
@@ -175,6 +178,11 @@ def sample_windows(
             np.cumsum(lengths + (K - 1), out=slots[1:])
             dataset._slot_cache[K] = slots
     episode, first, valid = sample_window_starts(lengths, offsets, B, K, rng, scheme, slots)
+    if rows is not None:
+        episode, first, valid = episode[rows], first[rows], valid[rows]
+        B = len(episode)
+        if B == 0:
+            raise ValueError(f"rows={rows!r} selects no window of a batch of {batch_size}.")
 
     k = np.arange(K, dtype=np.int64)
     mask = k[None, :] < valid[:, None]  # [B, K]

@@ -13,6 +13,7 @@ from qtkit.errors import ConfigError
 from qtkit.params import DropoutRate, NonNegativeFloat, PositiveInt
 from qtkit.policies.base import BCPolicy
 from qtkit.registry import register
+from qtkit.training.distributed import mean_denominator
 
 
 def check_bounded(action_low: Sequence[float], action_high: Sequence[float], who: str) -> tuple[Tensor, Tensor]:
@@ -150,7 +151,8 @@ class GPTPolicy(BCPolicy):
         in the reference (``states[:, 1:]`` against ``state_preds[:, :-1]``).
         """
         valid = mask.bool()
-        count = valid.sum().clamp(min=1).to(predicted_actions.dtype)
+        # data-parallel training: the global batch's count / N, so the ranks' mean is the global mean
+        count = mean_denominator(valid.sum()).to(predicted_actions.dtype)
         errors = ((predicted_actions - actions) ** 2).mean(-1)  # [B, K]
         action_loss = torch.where(valid, errors, 0.0).sum() / count  # padding (even NaN) never counts
         metrics = {"bc_loss": action_loss.detach()}
@@ -158,7 +160,7 @@ class GPTPolicy(BCPolicy):
         if predicted_next_states is not None and self.next_state_weight > 0:
             has_next = valid[:, :-1] & valid[:, 1:]  # [B, K-1]
             state_errors = ((predicted_next_states[:, :-1] - next_states[:, :-1]) ** 2).mean(-1)  # [B, K-1]
-            state_loss = torch.where(has_next, state_errors, 0.0).sum() / has_next.sum().clamp(min=1).to(count)
+            state_loss = torch.where(has_next, state_errors, 0.0).sum() / mean_denominator(has_next.sum()).to(count)
             loss = loss + self.next_state_weight * state_loss
             metrics["next_state_loss"] = state_loss.detach()
         return loss, metrics

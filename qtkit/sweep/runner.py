@@ -17,7 +17,29 @@ from typing import Any
 from qtkit.sweep.spec import SweepSpec, Trial, expand_trials
 from qtkit.sweep.trial import is_done, read_status, run_trial, write_status
 
-__all__ = ["make_datasets", "require_ray", "run_sweep"]
+__all__ = ["check_gpus", "local_gpus", "make_datasets", "require_ray", "run_sweep"]
+
+
+def local_gpus() -> int:
+    """The CUDA GPUs this machine has (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(trials: list[Trial], *, have: float, where: str) -> None:
+    """A sweep whose trials ask for GPUs (``resources.gpus_per_trial``) where ``have`` GPUs exist (``where``: "this
+    machine", "the Ray cluster") is refused with a ConfigError: Ray would otherwise wait forever for one."""
+    from qtkit.errors import ConfigError
+
+    need = max((t.gpus for t in trials), default=0.0)
+    if need > have:
+        has = "has no GPU" if have == 0 else f"has {have:g} GPU"
+        raise ConfigError(
+            f"resources.gpus_per_trial is {need:g} but {where} {has}: Ray would wait forever for it. Fix: "
+            "gpus_per_trial: 0 to train the trials on CPU, or run the sweep where there are GPUs (--address joins a "
+            "Ray cluster that has them)."
+        )
 
 
 def require_ray() -> Any:
@@ -108,6 +130,8 @@ def _run_ray(trials: list[Trial], progress: _Progress, address: str | None, num_
         need_gpu = max(t.gpus for t in trials)
         from qtkit.errors import ConfigError
 
+        check_gpus(trials, have=float(total.get("GPU", 0)), where="this machine's Ray" if not address else
+                   f"the Ray cluster at {address}")
         if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
             raise ConfigError(
                 f"each trial asks for {need_cpu:g} CPU and {need_gpu:g} GPU but the Ray cluster has "
@@ -163,6 +187,13 @@ def run_sweep(
     if executor == "ray":
         require_ray()  # fail before making datasets
     trials = expand_trials(spec)
+    if executor == "ray" and address is None:  # a local Ray: its GPUs are this machine's (or --num-gpus)
+        check_gpus(trials, have=float(local_gpus() if num_gpus is None else num_gpus), where="this machine")
+    elif executor == "serial" and any(t.gpus > 0 for t in trials) and local_gpus() == 0:
+        import warnings
+
+        warnings.warn("resources.gpus_per_trial > 0 but this machine has no GPU: --serial trains the trials on CPU.",
+                      UserWarning, stacklevel=2)
     check_output_dir(spec.out, "sweep folder")  # a file in the way, read-only...: one clear error before any work
     import yaml
 

@@ -165,6 +165,26 @@ def _is_number(value: Any, minimum: float) -> bool:
             and float(value) >= minimum)
 
 
+def resource_problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``resources.<key>`` (``cpus_per_trial`` / ``gpus_per_trial``), or None.
+
+    Both are Ray task resources: a fraction in (0, 1] (trials share the unit: ``gpus_per_trial: 0.25`` packs four
+    trials on one GPU) or a whole number >= 1 (Ray refuses fractions above 1); ``gpus_per_trial`` may also be 0 (no
+    GPU, the default).
+    """
+    gpu = key == "gpus_per_trial"
+    if _is_number(value, 0):
+        amount = float(value)
+        if (gpu and amount == 0) or 0 < amount <= 1 or (amount >= 1 and amount.is_integer()):
+            return None
+    if gpu:
+        return (f"resources.gpus_per_trial: expected 0 (no GPU), a fraction in (0, 1] (trials share a GPU: 0.25 packs "
+                f"four trials on one) or a whole number of GPUs, got {value!r}. Fix: e.g. gpus_per_trial: 0.25, or 1 "
+                "(Ray accepts fractions only up to 1).")
+    return (f"resources.cpus_per_trial: expected a fraction in (0, 1] or a whole number of cores >= 1, got {value!r}. "
+            "Fix: e.g. cpus_per_trial: 1 (Ray accepts fractions only up to 1).")
+
+
 def _safe_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "x"
 
@@ -385,11 +405,11 @@ def parse_sweep(raw: Any, source: str = "<dict>", base_dir: str | Path | None = 
         problems.extend(_unknown("resources", resources, RESOURCE_KEYS))
         cpus = resources.get("cpus_per_trial", 1)
         gpus = resources.get("gpus_per_trial", 0)
-        if not _is_number(cpus, 0) or float(cpus) <= 0:
-            problems.append(f"resources.cpus_per_trial: expected a number > 0, got {cpus!r}.")
+        if (problem := resource_problem("cpus_per_trial", cpus)) is not None:
+            problems.append(problem)
             cpus = 1
-        if not _is_number(gpus, 0):
-            problems.append(f"resources.gpus_per_trial: expected a number >= 0, got {gpus!r}.")
+        if (problem := resource_problem("gpus_per_trial", gpus)) is not None:
+            problems.append(problem)
             gpus = 0
     common = raw.get("set") or {}
     if not isinstance(common, dict):

@@ -17,7 +17,7 @@ from types import FrameType
 
 from qtkit.errors import QtkitError
 
-__all__ = ["TrainingInterrupted", "exit_code", "graceful_interrupts", "pending"]
+__all__ = ["TrainingInterrupted", "active", "exit_code", "graceful_interrupts", "pending"]
 
 _pending: int | None = None
 _active = False
@@ -40,6 +40,11 @@ def exit_code(signum: int) -> int:
 def pending() -> int | None:
     """The signal received since :func:`graceful_interrupts` began (None: none, or no handlers installed)."""
     return _pending
+
+
+def active() -> bool:
+    """Whether :func:`graceful_interrupts` handlers are installed (data-parallel ranks then agree on signals)."""
+    return _active
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:

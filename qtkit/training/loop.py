@@ -130,12 +130,17 @@ def train(
     SIGINT/SIGTERM finishes the current step, saves a checkpoint and raises
     :class:`~qtkit.training.interrupts.TrainingInterrupted`. Filesystem failures raise
     :class:`~qtkit.errors.OutputPathError` naming the path and the cause. Returns :func:`summarize`'s dict.
+
+    Data-parallel (:mod:`qtkit.training.distributed`, every rank runs this loop): rank 0 alone writes the metrics,
+    TensorBoard, ``summary.json``, the checkpoint and the progress bar and runs the evaluations (the others wait for
+    the result); logged metrics are averaged over the ranks; a signal any rank receives stops all at the same step.
     """
     from qtkit.agents.logger import MetricsLogger
     from qtkit.fileio import atomic_write_text, output_errors
-    from qtkit.training import interrupts
+    from qtkit.training import distributed, interrupts
 
     stop, every = schedule.stop, schedule.log_every
+    main = (dp := distributed.active()) is None or dp.is_main  # this process writes and evaluates
     checkpoint = Path(log_dir) / "checkpoint" if log_dir is not None else None
 
     def save() -> None:
@@ -144,19 +149,23 @@ def train(
                 learner.save(checkpoint)
 
     def evaluate(step: int) -> None:
-        result = learner.evaluate(eval_env, episodes=schedule.eval_episodes, seed=schedule.eval_seed)
+        result = distributed.on_main(  # rank 0 evaluates; every rank gets its result (or its error)
+            lambda: learner.evaluate(eval_env, episodes=schedule.eval_episodes, seed=schedule.eval_seed))
         learner.train_mode()
         learner.eval_history.append({"step": step, **{k: v for k, v in result.items() if k != "returns"}})
         logger.log(step, {f"eval_{k}": v for k, v in result.items() if isinstance(v, float)})
 
     with output_errors(log_dir or ".", "the run folder"):
-        logger = MetricsLogger(log_dir, total=schedule.steps, start=learner.step, progress=progress)
+        logger = MetricsLogger(log_dir if main else None, total=schedule.steps, start=learner.step,
+                               progress=progress and main)
     try:
         while learner.step < stop:
             batch = next_batch()
             logged = (learner.step + 1) % every == 0 or learner.step + 1 >= stop  # this step's metrics are logged
             try:
                 metrics = learner.train_step(batch, diagnose=logged)
+                if logged:
+                    metrics = distributed.average_metrics(metrics)  # data-parallel: over the ranks (else as is)
             except TrainingError as exc:
                 where = f" The last good checkpoint is in {log_dir}." if log_dir else ""
                 raise TrainingError(f"{exc}{where}") from None
@@ -172,7 +181,7 @@ def train(
             saved = bool(schedule.checkpoint_every and step % schedule.checkpoint_every == 0)
             if saved:
                 save()
-            signum = interrupts.pending()
+            signum = distributed.agree_signal(interrupts.pending())  # data-parallel: any rank's, on every rank
             if signum is not None:
                 if step % every:
                     logger.log(step, metrics)  # the row of the step the run stopped at (its time carries on at resume)
@@ -197,7 +206,7 @@ def train(
     finally:
         logger.close()
     summary = summarize(learner.step, learner.eval_history, logger.rows)
-    if log_dir is not None:
+    if log_dir is not None and main:
         atomic_write_text(Path(log_dir) / "summary.json", json.dumps(
             {k: v for k, v in summary.items() if k != "metrics"}, indent=2, default=float))
     return summary

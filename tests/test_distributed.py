@@ -1,0 +1,317 @@
+"""Data-parallel training (qtkit.training.distributed, issue 18): N ranks with B/N windows each train the same model
+as one process with B; `qtkit train --nproc` survives a killed rank and a SIGTERM and resumes exactly; the batch must
+split over the ranks.
+
+The equivalence test runs ``agent.fit`` in two gloo processes (torch.multiprocessing spawn, a process group the test
+initialises) against one process in the test itself; it trains with SGD (updates linear in the gradient) so that a
+wrong gradient average, a wrong slice or a mean of per-rank means moves the weights far beyond the tolerance, while
+float reduction order stays far below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import qtkit
+from tests.conftest import TINY_SETS, pendulum_dataset, pendulum_npz, pixel_dataset, run_qtkit, tiny
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+PRESETS = ("qt-gpt-nstep", "qtransformer")
+BATCH = 8
+STEPS = 5
+#: the command-line run of the kill/resume test (the workers also train it uninterrupted, through agent.fit)
+CLI_STEPS = 45
+CLI_SETS = [*TINY_SETS, "--set", "log_every=10"]
+CLI_ARGS = ["--preset", "qt-gpt-nstep", "--steps", str(CLI_STEPS), "--checkpoint-every", "3", "--eval-episodes", "1",
+            *CLI_SETS, "--nproc", "2"]
+
+
+def _overrides(preset: str) -> dict[str, Any]:
+    """Tiny sizes, no dropout (each rank has its own dropout stream), SGD with a large step (see the module doc)."""
+    out = tiny(preset)
+    out["backbone"] = {**out["backbone"], "dropout": 0.0}
+    out.update(batch_size=BATCH, log_every=2, optimizer="sgd", lr=0.05, scheduler="none")
+    if preset.startswith("qt-"):
+        out.update(policy={"embed_dropout": 0.0}, critic_lr=0.05)
+    return out
+
+
+def _train(preset: str) -> dict[str, Any]:
+    """Fit ``preset`` STEPS steps on the Pendulum windows; the final weights and the observations of every batch."""
+    data = pendulum_dataset()
+    agent = qtkit.build(preset, dataset=data, seed=0, device="cpu", **_overrides(preset))
+    batches: list[torch.Tensor] = []
+    step = agent.train_step
+
+    def recording(batch: Any, diagnose: bool = False) -> dict[str, float]:
+        batches.append(batch.observations.clone())
+        return step(batch, diagnose)
+
+    agent.train_step = recording  # type: ignore[method-assign]
+    agent.fit(data, steps=STEPS, progress=False)
+    return {"weights": {k: v.clone() for k, v in agent.state_dict().items()}, "batches": batches}
+
+
+def _train_like_the_cli(npz: str, log_dir: Path) -> None:
+    """What ``qtkit train ... CLI_ARGS`` does in each rank, uninterrupted: agent.fit with the same config and
+    schedule (the CLI's --set parsing, evaluation, checkpoints)."""
+    from qtkit.cli import parse_sets
+    from qtkit.data import load_dataset
+
+    data = load_dataset(npz)
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, **parse_sets(CLI_SETS[1::2]))
+    agent.fit(data, steps=CLI_STEPS, eval_env=data, eval_episodes=1, log_dir=log_dir, checkpoint_every=3,
+              progress=False)
+
+
+def _non_finite_on_rank_1() -> str | None:
+    """A fit whose rank 1 alone sees a NaN reward at its second step; the error each rank raised (None: none)."""
+    data = pendulum_dataset()
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"))
+    step = agent.train_step
+
+    def poisoned(batch: Any, diagnose: bool = False) -> dict[str, float]:
+        if dist.get_rank() == 1 and agent.step == 1:
+            batch.rewards[:] = float("nan")
+        return step(batch, diagnose)
+
+    agent.train_step = poisoned  # type: ignore[method-assign]
+    try:
+        agent.fit(data, steps=STEPS, progress=False)
+    except qtkit.errors.TrainingError as exc:
+        return f"{exc} [stopped at step {agent.step}]"
+    return None
+
+
+class _BrokenEnv(gym.Env):
+    """Pendulum's spaces; every reset fails (an evaluation that fails on rank 0)."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        raise qtkit.errors.DataError("the evaluation env is broken")
+
+
+def _failing_evaluation() -> tuple[str, str] | None:
+    """A fit whose final evaluation (rank 0's) fails; ``(error type, message)`` each rank raised (None: none)."""
+    data = pendulum_dataset()
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"))
+    try:
+        agent.fit(data, steps=2, eval_env=_BrokenEnv(), eval_episodes=1, progress=False)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
+        result["non_finite"] = _non_finite_on_rank_1()
+        result["evaluation"] = _failing_evaluation()
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+        _train_like_the_cli(npz, Path(out) / "cli")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return pendulum_npz(tmp_path_factory.mktemp("data") / "p.npz")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory, npz: str) -> dict[str, Any]:
+    """Two gloo ranks (B/2 windows each): both presets (``"ranks"``: by rank) and the command line's run,
+    uninterrupted (``"cli"``: its run folder)."""
+    import torch.multiprocessing as mp
+
+    from qtkit.training.distributed import free_port
+
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_equivalence_worker, args=(2, free_port(), str(out), npz), nprocs=2, join=True)
+    return {"ranks": [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)], "cli": out / "cli"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_ranks_train_the_model_of_one_process_with_the_whole_batch(two_ranks: list, preset: str) -> None:
+    one = _train(preset)
+    rank0, rank1 = two_ranks["ranks"][0][preset], two_ranks["ranks"][1][preset]
+    # one shared stream of windows: each rank trained on its half of the very batch one process draws
+    assert len(rank0["batches"]) == len(rank1["batches"]) == len(one["batches"]) == STEPS
+    for step, (a, b, whole) in enumerate(zip(rank0["batches"], rank1["batches"], one["batches"], strict=True)):
+        assert a.shape[0] == b.shape[0] == BATCH // 2, step
+        assert torch.equal(torch.cat([a, b]), whole), f"step {step}: the ranks' slices are not the global batch"
+    # the same update on every rank, and the update of the whole batch up to float reduction order
+    for key, value in one["weights"].items():
+        assert torch.equal(rank0["weights"][key], rank1["weights"][key]), f"{preset} {key}: the ranks diverged"
+        torch.testing.assert_close(rank0["weights"][key], value, atol=1e-5, rtol=0,
+                                   msg=lambda m, key=key: f"{preset} {key}: 2 ranks x B/2 != 1 process x B: {m}")
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(two_ranks: dict) -> None:
+    errors = [two_ranks["ranks"][r]["non_finite"] for r in range(2)]
+    for error in errors:  # rank 0's loss was finite: it stops too, instead of waiting for rank 1 forever
+        assert error is not None and "non-finite critic loss at step 1 on at least one of the 2 ranks" in error, errors
+        assert error.endswith("[stopped at step 1]"), errors
+
+
+def test_rank_0_s_failing_evaluation_stops_every_rank(two_ranks: dict) -> None:
+    errors = [two_ranks["ranks"][r]["evaluation"] for r in range(2)]
+    assert errors[0] == errors[1] == ("DataError", "the evaluation env is broken"), errors  # rank 1 did not wait
+
+
+def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
+    data = pendulum_dataset()
+    for scheme in ("uniform", "reference", "inside"):
+        whole = data.sample_windows(8, 4, torch.Generator().manual_seed(3), scheme=scheme)
+        gen = torch.Generator().manual_seed(3)
+        part = data.sample_windows(8, 4, gen, scheme=scheme, rows=slice(4, 8))
+        assert part.observations.shape[0] == 4
+        for name in ("observations", "actions", "rtg", "mask", "timesteps", "returns"):
+            assert torch.equal(getattr(part, name), getattr(whole, name)[4:8]), (scheme, name)
+        # the generator advanced as for the whole batch
+        assert torch.equal(gen.get_state(), _after(data, scheme))
+    frames = pixel_dataset()  # image windows with stacked frames: the same rows
+    whole = frames.sample_windows(8, 3, torch.Generator().manual_seed(5), frame_stack=2)
+    part = frames.sample_windows(8, 3, torch.Generator().manual_seed(5), frame_stack=2, rows=slice(0, 4))
+    assert part.observations.shape == (4, 3, 2, *frames.obs_shape)
+    assert torch.equal(part.observations, whole.observations[:4])
+    assert torch.equal(part.next_observations, whole.next_observations[:4])
+
+
+def _after(data: Any, scheme: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    data.sample_windows(8, 4, gen, scheme=scheme)
+    return gen.get_state()
+
+
+def test_batch_size_must_split_over_the_processes(npz: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from qtkit.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--preset", "qt-gpt-nstep", "--dataset", npz, "--out",
+                                      str(tmp_path / "run"), *TINY_SETS, "--set", "batch_size=9", "--nproc", "2"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    for needle in ("error: train.batch_size=9 does not split over 2 processes", "--nproc 2", "--set batch_size=8"):
+        assert needle in result.output, result.output
+    assert not (tmp_path / "run").exists()  # refused before any process started
+    from qtkit.training.distributed import check_batch_size
+
+    with pytest.raises(qtkit.errors.ConfigError, match=r"train.batch_size=9 .* WORLD_SIZE=2"):
+        check_batch_size(9, 2)  # what every rank checks (torchrun, agent.fit under a process group)
+    check_batch_size(8, 2)
+
+
+# ----------------------------------------------------------------------------- the command line, killed and resumed
+def _ranks(parent: int) -> dict[int, int]:
+    """{rank: pid} of the launcher's children (Linux /proc)."""
+    out = {}
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next(int(e.split(b"=", 1)[1]) for e in environ if e.startswith(b"RANK="))
+        out[rank] = pid
+    return out
+
+
+def _wait(condition: Any, what: str, timeout: float = 90.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoint" / "weights.safetensors"))
+
+
+def _step(run: Path) -> int:
+    return int(torch.load(run / "checkpoint" / "state.pt", weights_only=False)["step"])
+
+
+def _popen(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "qtkit", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
+def test_nproc_run_killed_and_interrupted_resumes_to_the_uninterrupted_weights(two_ranks: dict, npz: str,
+                                                                                tmp_path: Path) -> None:
+    steps = CLI_STEPS
+    common = ["train", "--dataset", npz, *CLI_ARGS]
+    full, run = two_ranks["cli"], tmp_path / "run"  # full: the same run by 2 ranks, uninterrupted
+
+    # 1. rank 1 dies (SIGKILL) after the first checkpoint: the launcher stops rank 0 and names rank 1
+    proc = _popen([*common, "--out", str(run)])
+    _wait(lambda: (run / "checkpoint").is_dir() or proc.poll() is not None, "the first checkpoint")
+    os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "rank 1 of 2" in err and "SIGKILL" in err and "--resume" in err and "--nproc 2" in err, err
+    assert "Traceback" not in err, err
+    killed_at = _step(run)
+    assert 0 < killed_at < steps
+
+    # 2. resumed, then SIGTERM to the launcher once it has checkpointed again: every rank stops at the same step
+    inode = (run / "checkpoint").stat().st_ino
+    proc = _popen([*common, "--out", str(run), "--resume"])
+    _wait(lambda: not (run / "checkpoint").exists() or (run / "checkpoint").stat().st_ino != inode
+          or proc.poll() is not None, "a checkpoint of the resumed run")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    command = err.split("resume with:")[-1].strip().splitlines()[0]
+    assert "--nproc 2" in command and "--resume" in command, err
+    assert killed_at < _step(run) < steps
+
+    # 3. the printed command finishes the run with the very weights of the uninterrupted 2-process run
+    resumed = run_qtkit(*shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert _step(run) == _step(full) == steps
+    a, b = _weights(run), _weights(full)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # rank 0's metrics.csv: the losses averaged over the ranks, the same as the uninterrupted run's, once per step
+    losses = {}
+    for folder in (run, full):
+        with (folder / "metrics.csv").open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r["policy_loss"] and int(r["step"]) % 10 in (0, steps % 10)]
+        losses[folder] = [(int(r["step"]), float(r["policy_loss"]), float(r["critic_loss"])) for r in rows]
+    assert [step for step, *_ in losses[full]] == [10, 20, 30, 40, 45]
+    assert losses[run] == losses[full]
+
+    # 4. a 2-process checkpoint does not resume in one process
+    from typer.testing import CliRunner
+
+    from qtkit.cli import app
+
+    assert common[-2:] == ["--nproc", "2"]
+    one = CliRunner().invoke(app, [*common[:-2], "--out", str(run), "--resume"])
+    assert one.exit_code == 2 and "trained with 2" in one.output and "--nproc 2" in one.output, one.output
