@@ -192,7 +192,8 @@ def test_rollout_acts_through_the_sampler() -> None:
     agent = SimpleNamespace(
         name="test", return_targets=[1.0], train_config=SimpleNamespace(context=3, rtg_scale=1.0),
         shapes={"obs_dim": OBS, "act_dim": ACT}, device=torch.device("cpu"), sampler=ARGreedySampler(),
-        policy=policy, critic=critic, encoder=FlatEncoder((OBS,), OBS), encode=lambda x: x,
+        policy=policy, critic=critic, encoder=FlatEncoder((OBS,), OBS), critic_encoder=None,
+        encode=lambda x, proprio=None, encoder=None: x,
         autocast=lambda: torch.autocast("cpu", enabled=False),
     )
     rollout = Rollout(agent, num_envs=2, seed=0)

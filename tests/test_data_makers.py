@@ -269,7 +269,8 @@ def test_list_makers_and_dataset_ids() -> None:
         assert {f"pointmaze-{maze}-sparse", f"pointmaze-{maze}-dense"} <= set(names)
     for task in ("hopper", "halfcheetah", "walker2d"):
         assert {f"{task}-random", f"{task}-medium", f"{task}-medium-replay"} <= set(names)
-    assert list_makers("hopper-*") == ["hopper-random", "hopper-random-pixels", "hopper-medium-replay", "hopper-medium"]
+    assert list_makers("hopper-*") == ["hopper-random", "hopper-random-pixels", "hopper-random-pixels-state",
+                                       "hopper-medium-replay", "hopper-medium"]
     assert get_maker("pointmaze-large-dense").default_noise == 0.5
     assert normalize_dataset_id("minari:tst/x") == "tst/x-v0"
     assert normalize_dataset_id("tst/x-v3") == "tst/x-v3"
