@@ -58,6 +58,11 @@ from qtkit.data import TrajectoryDataset
 from qtkit.data.device_windows import DeviceWindowSampler
 from qtkit.fileio import atomic_write_text
 
+try:  # run as a script (benchmarks/ on sys.path) or as a module
+    from training import synthetic_dataset  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    from benchmarks.training import synthetic_dataset
+
 PRESETS = ("dt-gpt", "qt-gpt-nstep", "qtransformer")
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"precision": "fp32", "tf32": False},
@@ -77,22 +82,6 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 SMOKE = {"backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64}, "batch_size": 8, "context": 4}
 SMOKE_CRITIC = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
-
-
-def synthetic_dataset(episodes: int, seed: int = 0, obs_dim: int = 11, act_dim: int = 3,
-                      max_length: int = 1000) -> TrajectoryDataset:
-    """Random hopper-sized episodes (10..max_length steps), built with ``from_episodes``."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(episodes):
-        t = int(rng.integers(10, max_length + 1))
-        out.append({
-            "observations": rng.normal(size=(t + 1, obs_dim)).astype(np.float32),
-            "actions": rng.uniform(-1, 1, (t, act_dim)).astype(np.float32),
-            "rewards": rng.uniform(0, 4, t).astype(np.float32),
-            "terminations": np.r_[np.zeros(t - 1, bool), rng.random() < 0.5],
-        })
-    return TrajectoryDataset.from_episodes(out, metadata={"dataset_id": "synthetic-hopper"})
 
 
 def sync(device: torch.device) -> None:

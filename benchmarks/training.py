@@ -73,12 +73,13 @@ def describe(agent: Any) -> str:
     return f"B {tc.batch_size}, K {tc.context}, {b['width']}/{b['depth']}/{b['heads']}"
 
 
-def synthetic_dataset(episodes: int, seed: int = 0, obs_dim: int = 11, act_dim: int = 3) -> TrajectoryDataset:
-    """Random hopper-sized episodes (10-1000 steps, obs 11, act 3), built with ``from_episodes``."""
+def synthetic_dataset(episodes: int, seed: int = 0, obs_dim: int = 11, act_dim: int = 3,
+                      max_length: int = 1000) -> TrajectoryDataset:
+    """Random hopper-sized episodes (10..max_length steps, obs 11, act 3), built with ``from_episodes``."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(episodes):
-        t = int(rng.integers(10, 1001))
+        t = int(rng.integers(10, max_length + 1))
         out.append({
             "observations": rng.normal(size=(t + 1, obs_dim)).astype(np.float32),
             "actions": rng.uniform(-1, 1, (t, act_dim)).astype(np.float32),
