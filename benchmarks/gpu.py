@@ -59,9 +59,9 @@ from qtkit.data.device_windows import DeviceWindowSampler
 from qtkit.fileio import atomic_write_text
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
-    from training import synthetic_dataset  # type: ignore[import-not-found]
+    from training import acting_times, sync, synthetic_dataset  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
-    from benchmarks.training import synthetic_dataset
+    from benchmarks.training import acting_times, sync, synthetic_dataset
 
 PRESETS = ("dt-gpt", "qt-gpt-nstep", "qtransformer")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -82,11 +82,6 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 SMOKE = {"backbone": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64}, "batch_size": 8, "context": 4}
 SMOKE_CRITIC = {"twin-mlp": {"hidden": [32, 32]}, "ar-q": {"bins": 16}}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_for(device: torch.device, math: str, override: float | None) -> float | None:
@@ -207,15 +202,7 @@ def acting_latency(dataset: TrajectoryDataset, variant: str, args: argparse.Name
     agent.critic.eval()
     rollout = Rollout(agent, num_envs=1, seed=0)
     obs = np.zeros((1, dataset.obs_dim), np.float32)
-    times = []
-    for i in range(agent.train_config.context + args.act_calls):
-        sync(agent.device)
-        start = time.perf_counter()
-        rollout.act(obs)
-        sync(agent.device)
-        if i >= agent.train_config.context:
-            times.append(time.perf_counter() - start)
-        rollout.observe(np.ones(1, np.float32), np.zeros(1, bool))
+    times = acting_times(rollout, lambda: obs, args.act_calls, np.ones(1, np.float32), np.zeros(1, bool))
     return statistics.median(times) * 1e3
 
 

@@ -49,6 +49,7 @@ import argparse
 import os
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,22 @@ def batch_for(agent: Any, dataset: TrajectoryDataset, generator: np.random.Gener
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def acting_times(rollout: Any, observations: Any, calls: int, rewards: np.ndarray, dones: np.ndarray) -> list[float]:
+    """Seconds of each of ``calls`` ``rollout.act`` calls (device-synchronised) after the K-step context is full;
+    ``observations()`` gives each call's observations, ``rewards``/``dones`` go to ``observe`` after it."""
+    agent, times = rollout.agent, []
+    for i in range(agent.train_config.context + calls):  # fill the K-step context first
+        obs = observations()
+        sync(agent.device)
+        start = time.perf_counter()
+        rollout.act(obs)
+        sync(agent.device)
+        if i >= agent.train_config.context:
+            times.append(time.perf_counter() - start)
+        rollout.observe(rewards, dones)
+    return times
 
 
 def plain_forward(policy: Any, states: Any, actions: Any, rtg: Any, timesteps: Any, mask: Any = None,
@@ -268,19 +285,9 @@ def time_inference(size: str, dataset: TrajectoryDataset, args: argparse.Namespa
     for preset, sampler in samplers:
         agent = build(preset, size, dataset, args.device, sampler=sampler)
         rollout = Rollout(agent, num_envs=args.envs, seed=0)
-        rng = np.random.default_rng(2)
-        obs_dim = agent.shapes["obs_dim"]
-        rewards, dones = np.ones(args.envs, np.float32), np.zeros(args.envs, bool)
-        times = []
-        for i in range(agent.train_config.context + args.inference_steps):  # fill the K-step context first
-            obs = rng.normal(size=(args.envs, obs_dim)).astype(np.float32)
-            sync(agent.device)
-            start = time.perf_counter()
-            rollout.act(obs)
-            sync(agent.device)
-            if i >= agent.train_config.context:
-                times.append(time.perf_counter() - start)
-            rollout.observe(rewards, dones)
+        draw = partial(np.random.default_rng(2).normal, size=(args.envs, agent.shapes["obs_dim"]))
+        times = acting_times(rollout, lambda draw=draw: draw().astype(np.float32), args.inference_steps,
+                             np.ones(args.envs, np.float32), np.zeros(args.envs, bool))
         sec = statistics.median(times)
         rows.append(
             f"| {size} | {describe(agent)} | {sampler['type']} | {args.envs} x {agent.sampler.num_rows} | "
