@@ -8,10 +8,11 @@ sampling is included (it is part of every step). Prints a Markdown table.
 
 ``--variants`` adds the encoder options next to the plain configuration, measured in the same run:
 ``frame_stack=3`` (the last 3 frames per position) and ``critic_encoder=separate`` (QT: the critic's own
-encoder). A dataset with a proprioceptive vector (``-pixels-state``) measures that path:
+encoder). A dataset with a proprioceptive vector (``-pixels-state``) measures that path, and ``frames-only`` the
+same dataset without it:
 
     .venv/bin/python benchmarks/pixel_rates.py --dataset minari:qtkit/maze2d-umaze-pixels-state-v0 \
-        --encoders conv --variants plain frame_stack=3 critic_encoder=separate
+        --encoders conv --variants plain frames-only frame_stack=3 critic_encoder=separate
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from qtkit.data import load_dataset
 #: ``--variants``: name -> (encoder options, train options); ``critic_encoder`` applies to QT presets only.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "plain": ({}, {}),
+    "frames-only": ({}, {}),  # a -pixels-state dataset without its state vector (load_dataset(..., proprio=False))
     "frame_stack=3": ({"frame_stack": 3}, {}),
     "critic_encoder=separate": ({}, {"critic_encoder": "separate"}),
 }
@@ -56,13 +58,14 @@ def main() -> None:
                 encoder_options, train_options = VARIANTS[variant]
                 if "critic_encoder" in train_options and not preset.startswith("qt-"):
                     continue  # Q-Transformer's one network is the critic: its encoder is the critic's already
-                agent = qtkit.build(preset, dataset=data, encoder={**ENCODERS[name], **encoder_options},
+                used = data.without_proprio() if variant == "frames-only" and data.proprio_dim else data
+                agent = qtkit.build(preset, dataset=used, encoder={**ENCODERS[name], **encoder_options},
                                     **train_options)
-                agent.fit(data, steps=args.steps + 3, until=3, progress=False)  # set-up and warm-up steps
+                agent.fit(used, steps=args.steps + 3, until=3, progress=False)  # set-up and warm-up steps
                 tc, stack = agent.train_config, agent.encoder.frame_stack
                 started = time.perf_counter()
                 for _ in range(args.steps):
-                    batch = data.sample_windows(tc.batch_size, tc.context, agent.generator, rtg_scale=tc.rtg_scale,
+                    batch = used.sample_windows(tc.batch_size, tc.context, agent.generator, rtg_scale=tc.rtg_scale,
                                                 frame_stack=stack)
                     agent.train_step(batch.to(agent.device))
                 rate = args.steps / (time.perf_counter() - started)
