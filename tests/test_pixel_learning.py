@@ -136,23 +136,40 @@ def cue_bandit_dataset(episodes: int = 1500, seed: int = 0) -> TrajectoryDataset
     )
 
 
+def cue_accuracy(agent: Any, with_state: bool, episodes: int = 100) -> tuple[float, float]:
+    """How often the agent's a[0] points at the square and a[1] follows the cue, over ``episodes`` fresh
+    observations acted on through ``agent.act`` (the flattened Dict observation, split by the agent)."""
+    env, right = PixelCueBandit(), np.zeros(2)
+    for i in range(episodes):
+        obs, _ = env.reset(seed=100 + i)
+        flat = obs["pixels"].reshape(-1).astype(np.float32)
+        if with_state:  # the Dict's flattening order: pixels, then state
+            flat = np.concatenate([flat, obs["state"]])
+        agent.reset()
+        action = agent.act(flat[None])[0]
+        right += [(action[0] > 0) == bool(env.side), (action[1] > 0) == (env.cue > 0)]
+    return float(right[0] / episodes), float(right[1] / episodes)
+
+
 def test_frames_and_a_proprioceptive_vector_both_reach_the_agent(one_thread: None) -> None:
-    """Only frame and cue together earn more than 0.75: the agent must get both (the conv encoder concatenates
-    the standardised cue to its image features). Measured (300 steps, 60 episodes): 0.98 with both; with the cue
-    dropped from the data (``without_proprio``, evaluated on the frames) 0.73, so the test fails when the vector
-    does not reach the agent."""
+    """The cue is only in the state vector: an agent trained on frames + vector (the conv encoder concatenates the
+    standardised cue to its image features) must follow it; the same agent trained on the frames alone
+    (``without_proprio``) cannot do better than a coin flip. Measured (qtransformer, 300 steps, 100 observations),
+    seeds 0 / 1 / 2: a[1] follows the cue 1.00 / 1.00 / 1.00 of the time with the vector, 0.40 / 0.60 / 0.40
+    without; with the vector zeroed inside the encoder, 0.5-ish, so the test fails when the vector does not reach
+    the agent. The end-to-end evaluation on the Dict env (the rollout splits each flattened observation) earns
+    1.00 for seed 0 (random: 0.5; a[0] comes from the frames, learnt less reliably: 1.00 / 0.68 / 1.00)."""
     data = cue_bandit_dataset()
     assert data.proprio_dim == 1 and data.observation_parts == [["pixels", SIZE * SIZE * 3, "image"],
                                                                 ["state", 1, "proprio"]]
-    frame_space = spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
-    envs = {"frames+cue": lambda: gym.wrappers.TimeLimit(PixelCueBandit(), 1),
-            "frames only": lambda: gym.wrappers.TransformObservation(
-                gym.wrappers.TimeLimit(PixelCueBandit(), 1), lambda o: o["pixels"], frame_space)}
-    scores = {}
+    cue = {}
     for name, dataset in (("frames+cue", data), ("frames only", data.without_proprio())):
         agent = qtkit.build("qtransformer", dataset=dataset, seed=0, **SETTINGS["qtransformer"])
         assert agent.encoder.out_dim == CONV["features"] + dataset.proprio_dim
         agent.fit(dataset, steps=300, progress=False)
-        scores[name] = agent.evaluate(envs[name], episodes=60, seed=7)["mean_return"]
-    assert scores["frames+cue"] >= 0.9, scores
-    assert scores["frames only"] <= 0.8, scores  # without the cue a[1] is a coin flip
+        cue[name] = cue_accuracy(agent, with_state=bool(dataset.proprio_dim))[1]
+        if dataset.proprio_dim:
+            result = agent.evaluate(lambda: gym.wrappers.TimeLimit(PixelCueBandit(), 1), episodes=60, seed=7)
+            assert result["mean_return"] >= 0.85, result
+    assert cue["frames+cue"] >= 0.9, cue
+    assert cue["frames only"] <= 0.7, cue  # without the vector, a[1] is a coin flip
