@@ -40,14 +40,16 @@ THREADS_HELP = ("torch threads for this process (default: torch's, one per core)
 
 
 def _set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (None: torch's default)."""
-    if threads is None:
-        return
-    if threads < 1:
+    """Apply ``--threads`` (None: torch's default) and the process's early CPU setting (:func:`qtkit.cpu.prepare_process`)."""
+    if threads is not None and threads < 1:
         _fail(ValueError(f"--threads must be >= 1, got {threads}; leave it out to use torch's default."))
-    from qtkit.cpu import set_torch_threads
+    from qtkit.cpu import prepare_process
+    from qtkit.errors import QtkitError
 
-    set_torch_threads(threads)
+    try:
+        prepare_process(threads)
+    except QtkitError as exc:  # a bad QTKIT_CPU_TUNING value
+        _fail(exc)
 
 
 @app.command("list")

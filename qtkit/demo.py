@@ -39,10 +39,10 @@ def _train_one(preset: str, dataset_id: str, steps: int, seed: int, eval_episode
                threads: int) -> dict[str, Any]:
     """Train and evaluate one preset (run in its own process when the demo runs presets side by side)."""
     import qtkit
-    from qtkit.cpu import set_torch_threads
+    from qtkit.cpu import prepare_process
     from qtkit.data import load_dataset
 
-    set_torch_threads(threads)
+    prepare_process(threads)
     data = load_dataset(f"minari:{dataset_id}")
     agent = qtkit.build(preset, dataset=data, seed=seed, **DEMO_OVERRIDES, **DEMO_PRESET_OVERRIDES.get(preset, {}))
     result = agent.fit(data, steps, eval_env=data, eval_every=max(1, steps // DEMO_EVALUATIONS),

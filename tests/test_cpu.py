@@ -4,6 +4,8 @@ fit tuning the heap directly (or not at all)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,56 @@ def test_fit_on_cpu_goes_through_the_switch(monkeypatch: pytest.MonkeyPatch, hea
     monkeypatch.setenv("QTKIT_CPU_TUNING", "on")
     agent.fit(data, steps=1)
     assert heap_calls == [1]
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread reads denormal floats as zero: 1e-40 (denormal in float32) times 1."""
+    import torch
+
+    return float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)[0]) == 0.0
+
+
+@pytest.fixture
+def denormals_kept() -> Any:
+    """Start with denormals kept (the default of a fresh process) and leave them flushed, as fit would."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(True)
+
+
+def test_the_switch_decides_whether_denormals_are_flushed(monkeypatch: pytest.MonkeyPatch, heap_calls: list[int],
+                                                         denormals_kept: None) -> None:
+    """Denormal weights and Adam moments made a pixel run 8x slower on this CPU (qtkit/cpu.py): with the switch on,
+    the process setting (prepare_process, what the commands run first) and fit's apply_cpu_tuning flush them; off,
+    neither does."""
+    monkeypatch.setenv("QTKIT_CPU_TUNING", "off")
+    assert not denormals_flushed()
+    qtkit.cpu.prepare_process()
+    qtkit.cpu.apply_cpu_tuning()
+    assert not denormals_flushed()
+    monkeypatch.setenv("QTKIT_CPU_TUNING", "on")
+    qtkit.cpu.prepare_process()
+    assert denormals_flushed()
+    import torch
+
+    torch.set_flush_denormal(False)
+    qtkit.cpu.apply_cpu_tuning()
+    assert denormals_flushed()
+
+
+def test_prepare_process_sets_threads_and_checks_the_switch(monkeypatch: pytest.MonkeyPatch,
+                                                            denormals_kept: None) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("QTKIT_CPU_TUNING", "on")
+        qtkit.cpu.prepare_process(1)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("QTKIT_CPU_TUNING", "maybe")
+        with pytest.raises(ConfigError, match="QTKIT_CPU_TUNING='maybe'"):
+            qtkit.cpu.prepare_process()
+    finally:
+        torch.set_num_threads(before)

@@ -140,3 +140,31 @@ def test_resume_is_exact_after_an_evaluation_with_a_dropout_critic(tmp_path: Pat
     resumed.fit(data, resume=tmp_path / "checkpoint", log_dir=tmp_path, **kwargs)
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_a_checkpoint_from_an_older_qtkit_resumes_when_only_new_defaults_differ(tmp_path: Path) -> None:
+    """A parameter added to qtkit after a checkpoint was written (absent from its config.yaml) counts as its default:
+    the run resumes. A value the run did set differently is still refused, named. (Regression: the pixels-options
+    sweep's checkpoints, written before the issue-18 train switches existed, could not be resumed.)"""
+    import yaml
+
+    import qtkit
+    from qtkit.errors import CheckpointError
+    from tests.conftest import pendulum_dataset, tiny
+
+    data = pendulum_dataset()
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, device="cpu", **tiny("qt-gpt-nstep"))
+    agent.fit(data, steps=4, log_dir=tmp_path, until=2, progress=False)
+    config_file = tmp_path / "checkpoint" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    for key in ("sync_free", "device_windows", "critic_encoder"):  # as an older qtkit wrote it
+        del config["train"][key]
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    resumed = qtkit.load(tmp_path)
+    resumed.fit(data, steps=4, resume=tmp_path / "checkpoint", log_dir=tmp_path, progress=False)
+    assert resumed.step == 4
+    config["train"]["batch_size"] = 16  # a value the run set differently: refused, named
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(CheckpointError, match=r"train.batch_size: 16 in the checkpoint, 8 now"):
+        fresh = qtkit.build("qt-gpt-nstep", dataset=data, device="cpu", **tiny("qt-gpt-nstep"))
+        fresh.fit(data, steps=6, resume=tmp_path / "checkpoint", log_dir=tmp_path, progress=False)

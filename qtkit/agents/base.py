@@ -12,6 +12,7 @@ siblings: none subclasses another.
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterable
@@ -772,7 +773,15 @@ class Agent(abc.ABC):
         self.dataset_id = state.get("dataset_id")
 
     def check_resumable(self, config: dict[str, Any], directory: str | Path) -> None:
-        """A checkpoint's ``config`` must equal this agent's; else a CheckpointError lists every difference."""
+        """A checkpoint's ``config`` must equal this agent's; else a CheckpointError lists every difference.
+
+        The checkpoint's config is resolved again first, so a parameter added to qtkit since it was written (absent
+        there) counts as its default: a run checkpointed by an older qtkit resumes when nothing it set changed."""
+        from qtkit.config import resolve_config
+        from qtkit.errors import QtkitError
+
+        with contextlib.suppress(QtkitError):  # e.g. a parameter removed since: compare as written (then listed)
+            config = resolve_config(config)
         diff = config_differences(config, self.config)
         if diff:
             raise CheckpointError(

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from qtkit.cpu import set_torch_threads
+from qtkit.cpu import prepare_process
 from qtkit.sweep.spec import Trial
 
 __all__ = ["read_status", "run_trial", "write_status"]
@@ -124,7 +124,7 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     where = {"host": os.uname().nodename, "hardware": hardware_summary()}
     write_status(run_dir, state="running", attempts=attempts, pid=os.getpid(), resumed_from=resumed_from, **where)
     try:
-        set_torch_threads(max(1, int(trial.cpus)))
+        prepare_process(max(1, int(trial.cpus)))
         from qtkit.data import load_dataset
 
         data = load_dataset(trial.dataset.spec)
