@@ -76,6 +76,14 @@ def one_thread() -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _denormals_kept() -> Any:
+    """Every test ends with denormal floats kept, as a fresh process has them: a command run in-process
+    (``qtkit.cpu.prepare_process``) flushes them for the rest of its process, and hypothesis refuses to run then."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.fixture(autouse=True)
 def _isolate_minari(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's ~/.minari and never download during tests."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.getbasetemp() / "minari"))

@@ -57,28 +57,24 @@ def test_fit_on_cpu_goes_through_the_switch(monkeypatch: pytest.MonkeyPatch, hea
     assert heap_calls == [1]
 
 
-def denormals_flushed() -> bool:
-    """Whether this thread reads denormal floats as zero: 1e-40 (denormal in float32) times 1."""
-    import torch
-
-    return float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)[0]) == 0.0
+denormals_flushed = qtkit.cpu.denormals_flushed
 
 
 @pytest.fixture
 def denormals_kept() -> Any:
-    """Start with denormals kept (the default of a fresh process) and leave them flushed, as fit would."""
+    """Start and end with denormals kept (the default of a process)."""
     import torch
 
     torch.set_flush_denormal(False)
     yield
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
 
 
 def test_the_switch_decides_whether_denormals_are_flushed(monkeypatch: pytest.MonkeyPatch, heap_calls: list[int],
                                                          denormals_kept: None) -> None:
     """Denormal weights and Adam moments made a pixel run 8x slower on this CPU (qtkit/cpu.py): with the switch on,
-    the process setting (prepare_process, what the commands run first) and fit's apply_cpu_tuning flush them; off,
-    neither does."""
+    the process setting (prepare_process, what the commands run first) and apply_cpu_tuning (what fit runs in)
+    flush them; off, neither does."""
     monkeypatch.setenv("QTKIT_CPU_TUNING", "off")
     assert not denormals_flushed()
     qtkit.cpu.prepare_process()
@@ -108,3 +104,25 @@ def test_prepare_process_sets_threads_and_checks_the_switch(monkeypatch: pytest.
             qtkit.cpu.prepare_process()
     finally:
         torch.set_num_threads(before)
+
+
+def test_fit_flushes_denormals_while_it_trains_and_puts_the_flag_back(monkeypatch: pytest.MonkeyPatch,
+                                                                      heap_calls: list[int],
+                                                                      denormals_kept: None) -> None:
+    """fit on a CPU trains with denormals flushed and returns with the flag as it found it (a library call must
+    not leave process state behind: hypothesis refuses to run with denormals flushed)."""
+    rng = np.random.default_rng(0)
+    data = TrajectoryDataset(rng.normal(size=(26, 3)), rng.uniform(-1, 1, size=(24, 2)), rng.normal(size=24),
+                             np.zeros(24, bool), np.zeros(24, bool), [12, 12])
+    agent = qtkit.build("dt-gpt", dataset=data, backbone={"width": 16, "depth": 1, "heads": 1, "mlp_dim": 16},
+                        batch_size=4, context=3, device="cpu")
+    during: list[bool] = []
+    step = agent.train_step
+    monkeypatch.setattr(agent, "train_step", lambda batch, diagnose=False: during.append(denormals_flushed())
+                        or step(batch, diagnose))
+    monkeypatch.setenv("QTKIT_CPU_TUNING", "on")
+    agent.fit(data, steps=2, progress=False)
+    assert during == [True, True] and not denormals_flushed()
+    monkeypatch.setenv("QTKIT_CPU_TUNING", "off")
+    agent.fit(data, steps=3, progress=False)
+    assert during[-1] is False and not denormals_flushed()

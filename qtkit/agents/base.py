@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from qtkit.config import dump_yaml
-from qtkit.cpu import apply_cpu_tuning
+from qtkit.cpu import cpu_training
 from qtkit.encoders import Encoder, FlatEncoder
 from qtkit.errors import CheckpointError, ShapeMismatchError, TrainingError
 from qtkit.params import Interval, Matches, NonNegativeFloat, NonNegativeInt, OneOf, PositiveFloat, PositiveInt, check_dataclass
@@ -634,8 +634,6 @@ class Agent(abc.ABC):
             distributed.seed_rank(tc.seed)  # data-parallel: rank r > 0 gets its own dropout/augmentation stream
         if dp is not None:
             distributed.broadcast_modules(self.modules().values())  # every rank starts from rank 0's weights
-        if self.device.type == "cpu":
-            apply_cpu_tuning()  # the one CPU-only process setting, behind QTKIT_CPU_TUNING (qtkit.cpu)
         if tc.compile and not self._compiled:
             self.compile_modules()
             self._compiled = True
@@ -664,7 +662,9 @@ class Agent(abc.ABC):
         episodes = tc.eval_episodes if eval_episodes is None else eval_episodes
         schedule = Schedule(steps=total, until=until, log_every=tc.log_every, eval_every=eval_every,
                             eval_episodes=episodes, eval_seed=tc.seed + 10_000, checkpoint_every=checkpoint_every)
-        return train(self, next_batch, schedule, eval_env=eval_env, log_dir=log_dir, progress=progress)
+        # the CPU-only process settings, behind QTKIT_CPU_TUNING (qtkit.cpu); the denormal flag is put back on return
+        with cpu_training() if self.device.type == "cpu" else contextlib.nullcontext():
+            return train(self, next_batch, schedule, eval_env=eval_env, log_dir=log_dir, progress=progress)
 
     # ------------------------------------------------------------------ acting
     def evaluate(self, env: Any = None, episodes: int = 10, seed: int = 0, num_envs: int | None = None,
