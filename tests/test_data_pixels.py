@@ -194,6 +194,37 @@ def test_d4rl_hdf5_frames_read_lazily(tmp_path: Path) -> None:
             np.testing.assert_array_equal(eager.observations, ds.observations)
 
 
+def test_files_carry_the_proprioceptive_vector(tmp_path: Path) -> None:
+    """npz (eager and memory-mapped) and D4RL-style HDF5 (eager and lazy, with and without next_observations: the
+    vector follows the frames' final-observation rule) give back the dataset's proprio rows and its windows."""
+    import h5py
+
+    a = image_arrays([4, 7, 2])
+    rng = np.random.default_rng(3)
+    proprio = rng.normal(size=(len(a["observations"]), 2)).astype(np.float32)
+    ds = TrajectoryDataset(a["observations"], a["actions"], a["rewards"], a["terminations"], a["truncations"],
+                           a["episode_lengths"], proprio=proprio)
+    path = ds.to_npz(tmp_path / "p.npz")
+    for lazy in (False, True):
+        back = load_dataset(path, lazy=lazy)
+        np.testing.assert_array_equal(back.proprio, proprio)
+        assert_same_batch(back.sample_windows(16, 3, generator=1), ds.sample_windows(16, 3, generator=1))
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "qtkit_metadata"}
+    for with_next in (True, False):
+        h5 = tmp_path / f"p{with_next}.hdf5"
+        with h5py.File(h5, "w") as f:
+            for k, v in arrays.items():
+                if with_next or k not in ("next_observations", "next_proprio"):
+                    f[k] = v
+        eager, lazy = load_dataset(h5, lazy=False), load_dataset(h5, lazy=True)
+        assert lazy.is_lazy and eager.proprio_dim == lazy.proprio_dim == 2
+        np.testing.assert_array_equal(lazy.proprio, eager.proprio)
+        assert_same_batch(lazy.sample_windows(16, 3, generator=2), eager.sample_windows(16, 3, generator=2))
+        if with_next:  # the final observations come from next_*: everything round-trips
+            np.testing.assert_array_equal(eager.proprio, proprio)
+
+
 def _img_env(dict_obs: bool) -> Any:
     import gymnasium as gym
     from gymnasium import spaces
