@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from qtkit.data.batch import Batch
-from qtkit.data.windows import SCHEMES
+from qtkit.data.windows import check_window_arguments
 from qtkit.errors import DataError
 
 if TYPE_CHECKING:
@@ -44,17 +44,8 @@ class DeviceWindowSampler:
 
     def __init__(self, dataset: TrajectoryDataset, K: int, device: str | torch.device, rtg_scale: float = 1.0,
                  scheme: str = "uniform", frame_stack: int = 1) -> None:
-        if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
-            raise ValueError(f"K (the window length, context) must be an int >= 1, got {K!r}.")
+        check_window_arguments(dataset, K, rtg_scale, frame_stack, scheme)
         scale = float(rtg_scale)
-        if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"rtg_scale must be a finite number > 0, got {rtg_scale!r}.")
-        if scheme not in SCHEMES:
-            raise ValueError(f"unknown window scheme {scheme!r}; choose one of {list(SCHEMES)}.")
-        if isinstance(frame_stack, bool) or not isinstance(frame_stack, int | np.integer) or frame_stack < 1:
-            raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}.")
-        if frame_stack > 1 and not dataset.is_image:
-            raise ValueError(f"frame_stack={frame_stack} stacks image frames; {dataset.name} has vector observations.")
         self.frame_stack = int(frame_stack)
         if dataset.is_image and dataset.is_lazy:
             raise DataError(

@@ -132,6 +132,23 @@ def sample_window_starts(
     return episode, first, valid
 
 
+def check_window_arguments(dataset: TrajectoryDataset, K: Any, rtg_scale: Any, frame_stack: Any,
+                           scheme: str | None = None) -> None:
+    """The checks both samplers (this module's and :class:`~qtkit.data.device_windows.DeviceWindowSampler`) make of
+    their window arguments: a ``ValueError`` naming the bad one."""
+    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int | np.integer) or frame_stack < 1:
+        raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}.")
+    if frame_stack > 1 and not dataset.is_image:
+        raise ValueError(f"frame_stack={frame_stack} stacks image frames; {dataset.name} has vector observations.")
+    if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
+        raise ValueError(f"K (the window length, context) must be an int >= 1, got {K!r}.")
+    scale = float(rtg_scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"rtg_scale must be a finite number > 0, got {rtg_scale!r}.")
+    if scheme is not None:
+        _check_scheme(scheme)
+
+
 def sample_windows(
     dataset: TrajectoryDataset,
     batch_size: int,
@@ -156,17 +173,10 @@ def sample_windows(
     advances as for the whole batch) but gather only these rows (``[len(rows), K, ...]``): data-parallel ranks
     share one stream and each keeps its slice of the global batch.
     """
-    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int | np.integer) or frame_stack < 1:
-        raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}.")
-    if frame_stack > 1 and not dataset.is_image:
-        raise ValueError(f"frame_stack={frame_stack} stacks image frames; {dataset.name} has vector observations.")
+    check_window_arguments(dataset, K, rtg_scale, frame_stack)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
-        raise ValueError(f"K (the window length, context) must be an int >= 1, got {K!r}.")
     scale = float(rtg_scale)
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"rtg_scale must be a finite number > 0, got {rtg_scale!r}.")
     B, K = int(batch_size), int(K)
     rng = generator if isinstance(generator, RandomSource) else RandomSource(generator)
     lengths, offsets = dataset.episode_lengths, dataset.episode_offsets
