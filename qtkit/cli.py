@@ -270,6 +270,7 @@ def train_cmd(
         _fail(exc)
     try:
         _train_ranked(args, set_, run_dir, resume=resume, overwrite=overwrite, dp=dp)
+        distributed.barrier()  # every rank done before any leaves the group (a gloo peer torn down mid-work aborts)
     finally:
         if dp is not None:
             distributed.destroy()

@@ -131,6 +131,7 @@ def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) ->
         result["evaluation"] = _failing_evaluation()
         torch.save(result, Path(out) / f"rank{rank}.pt")
         _train_like_the_cli(npz, Path(out) / "cli")
+        dist.barrier()  # both ranks done before either leaves: a gloo peer torn down mid-work aborts the other
     finally:
         dist.destroy_process_group()
 
