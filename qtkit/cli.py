@@ -268,12 +268,27 @@ def train_cmd(
         dp = distributed.init_from_env()  # a rank of torchrun or of --nproc: join the others
     except QtkitError as exc:
         _fail(exc)
+    if dp is None:
+        _train_ranked(args, set_, run_dir, resume=resume, overwrite=overwrite, dp=dp)
+        return
+    # a rank of a data-parallel run: every way out ends in distributed.leave (clean teardown when the ranks agree)
+    code, together = 0, True
     try:
         _train_ranked(args, set_, run_dir, resume=resume, overwrite=overwrite, dp=dp)
-        distributed.barrier()  # every rank done before any leaves the group (a gloo peer torn down mid-work aborts)
-    finally:
-        if dp is not None:
-            distributed.destroy()
+    except _AgreedExit as exc:
+        code = exc.exit_code
+    except typer.Exit as exc:
+        code, together = exc.exit_code, False
+    except BaseException:  # a bug: its traceback, then the status of an uncaught exception
+        import traceback
+
+        traceback.print_exc()
+        code, together = 1, False
+    distributed.leave(code, together=together)
+
+
+class _AgreedExit(typer.Exit):
+    """The exit of a data-parallel run that every rank takes at the same step (an agreed interrupt)."""
 
 
 def _train_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, overwrite: bool, dp: object) -> None:
@@ -285,7 +300,7 @@ def _train_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, o
 
     from qtkit.errors import QtkitError
     from qtkit.training.distributed import DataParallel
-    from qtkit.training.interrupts import TrainingInterrupted, exit_code, graceful_interrupts
+    from qtkit.training.interrupts import TrainingInterrupted, exit_code, graceful_interrupts, ignore_further_signals
 
     rank = dp.rank if isinstance(dp, DataParallel) else 0
     if rank > 0:
@@ -299,10 +314,12 @@ def _train_ranked(args: dict, sets: list[str], run_dir: Path, *, resume: bool, o
             try:
                 result = agent.fit(data, **fit_kwargs)
             except TrainingInterrupted as exc:
+                if isinstance(dp, DataParallel):
+                    ignore_further_signals()  # a late copy of the signal must not kill this rank while it leaves
                 if rank == 0:
                     typer.secho(f"\n{exc}.", fg=typer.colors.YELLOW, err=True)
                     typer.echo(f"resume with:\n  {_resume_command(args, sets)}", err=True)
-                raise typer.Exit(code=exit_code(exc.signum)) from None
+                raise _AgreedExit(code=exit_code(exc.signum)) from None
             except KeyboardInterrupt:
                 if rank == 0:
                     typer.secho(f"\nstopped at once (a second interrupt); the last checkpoint in "

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 import qtkit
+from qtkit.training import distributed
 from tests.conftest import TINY_SETS, pendulum_dataset, pendulum_npz, pixel_dataset, run_qtkit, tiny
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -125,15 +126,14 @@ def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
-        result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
-        result["non_finite"] = _non_finite_on_rank_1()
-        result["evaluation"] = _failing_evaluation()
-        torch.save(result, Path(out) / f"rank{rank}.pt")
-        _train_like_the_cli(npz, Path(out) / "cli")
-        dist.barrier()  # both ranks done before either leaves: a gloo peer torn down mid-work aborts the other
-    finally:
-        dist.destroy_process_group()
+    result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
+    result["non_finite"] = _non_finite_on_rank_1()
+    result["evaluation"] = _failing_evaluation()
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+    _train_like_the_cli(npz, Path(out) / "cli")
+    # as a rank of `qtkit train` ends: a barrier, the teardown, then os._exit (an error above is raised instead, and
+    # torch.multiprocessing reports it)
+    distributed.leave(0, together=True)
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,73 @@ def test_batch_size_must_split_over_the_processes(npz: str, tmp_path: Path) -> N
         check_batch_size(9, 2)  # what every rank checks (torchrun, agent.fit under a process group)
     check_batch_size(8, 2)
 
+
+# ----------------------------------------------------------------------------- the launcher: which rank to blame
+#: a stand-in for `python -m qtkit`: each rank runs the line of its RANK (the launcher appends no arguments here)
+_RANKS_DO = ("import os, signal, sys, time; rank = int(os.environ['RANK']); "
+             "exec(sys.argv[1:][rank].replace('; ', chr(10)))")
+
+
+def _launch(*per_rank: str, grace_s: float = 5.0) -> tuple[int, list[str]]:
+    from qtkit.training.distributed import launch
+
+    said: list[str] = []
+    code = launch(list(per_rank), len(per_rank), grace_s=grace_s, echo=said.append,
+                  program=(sys.executable, "-c", _RANKS_DO))
+    return code, said
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_the_launcher_names_the_rank_killed_by_a_signal_even_when_its_peer_is_seen_to_fail_first() -> None:
+    # rank 1 is killed (as by the OOM killer); rank 0 loses it and exits 2 quickly, before the launcher sees rank 1
+    # die (here: rank 0 exits first outright)
+    code, said = _launch("sys.exit(2)", "time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)")
+    assert code == 1 and len(said) == 1 and "rank 1 of 2" in said[0] and "SIGKILL" in said[0], said
+
+
+def test_the_launcher_names_the_first_rank_to_fail_and_stops_the_others_after_the_grace_period() -> None:
+    start = time.monotonic()
+    code, said = _launch("time.sleep(0.2); sys.exit(3)", "time.sleep(60)", "time.sleep(0.6); sys.exit(2)",
+                         grace_s=1.0)
+    assert code == 3 and len(said) == 1 and "rank 0 of 3" in said[0] and "exited with code 3" in said[0], said
+    assert time.monotonic() - start < 20  # rank 1 was stopped after the grace period, not waited for
+    assert _launch("sys.exit(2)", "sys.exit(2)") == (2, [])  # the ranks agree: their code, nothing to add
+    assert _launch("pass", "pass") == (0, [])
+
+
+def test_a_rank_ends_with_the_status_leave_was_given_with_or_without_the_teardown() -> None:
+    join = ("from qtkit.training import distributed; dp = distributed.init_from_env(); "
+            "assert dp is not None and distributed.world() == dp; distributed.barrier(); ")
+    assert _launch(join + "distributed.leave(3, together=True)",
+                   join + "distributed.leave(3, together=True)") == (3, [])
+    code, said = _launch(join + "distributed.leave(0, together=False)", join + "distributed.leave(4, together=False)")
+    assert code == 4 and "rank 1 of 2" in said[0] and "exited with code 4" in said[0], said
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_rank_that_stopped_on_an_agreed_interrupt_ignores_its_own_late_copy_of_the_signal() -> None:
+    # the launcher forwards SIGTERM to every rank; when the ranks stopped on rank 0's copy, rank 1's copy may arrive
+    # while rank 1 checkpoints and leaves the group: it must be neither a second interrupt nor fatal
+    from qtkit.training import interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with interrupts.graceful_interrupts():
+            interrupts.ignore_further_signals()
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal would raise KeyboardInterrupt here
+            time.sleep(0.05)
+            assert interrupts.pending() is None
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # ...and after the block, until the rank exits
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with interrupts.graceful_interrupts():  # a new block listens again; without the call, handlers come back
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert interrupts.pending() == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # what it found
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 # ----------------------------------------------------------------------------- the command line, killed and resumed
 def _ranks(parent: int) -> dict[int, int]:

@@ -47,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 from torch import Tensor
@@ -56,7 +56,7 @@ from qtkit.errors import CheckpointError, ConfigError, QtkitError, TrainingError
 
 __all__ = [
     "DataParallel", "RankLostError", "active", "agree_signal", "average_gradients", "average_metrics", "barrier",
-    "check_batch_size", "check_finite", "collective", "init_from_env", "launch", "mean_denominator", "on_main",
+    "check_batch_size", "check_finite", "collective", "init_from_env", "launch", "leave", "mean_denominator", "on_main",
     "rank_mean", "row_mean", "shard_rows", "sharding", "world",
 ]
 
@@ -195,6 +195,33 @@ def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _control = _control_of = None
+
+
+def leave(code: int, *, together: bool) -> NoReturn:
+    """End this rank's process with exit status ``code`` (the end of a rank's ``qtkit train``).
+
+    ``together``: every rank got here at the same step (the run finished, or stopped on an agreed interrupt), so
+    they meet at a barrier and tear the process group down cleanly. Otherwise (an error, a lost rank, a second
+    Ctrl-C) the group is left as it is: a peer may be gone or blocked in a collective, and a barrier would wait for
+    it until the timeout; the peers see the closed connection and stop (:func:`collective`).
+
+    Either way the process ends with ``os._exit`` once stdout and stderr are flushed, skipping the interpreter's
+    finalisation: gloo's worker threads still alive at that point abort the process ("terminate called without an
+    active exception", SIGABRT). ``benchmarks/gloo_exit.py`` on this machine: 14 of 30 pairs of ranks that simply
+    returned after a few collectives crashed; 0 of 30 ended by ``leave`` (either way). Everything a rank writes
+    (checkpoint, metrics, summary) is closed before this point.
+    """
+    if together:
+        try:
+            barrier()
+            destroy()
+        except QtkitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------- the batch
@@ -404,12 +431,12 @@ def _picklable(exc: Exception) -> Exception:
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op outside a data-parallel run)."""
+    """Wait for every rank of the initialised process group (no-op without one, or with one process)."""
     import torch.distributed as dist
 
-    if _active is not None:
+    if world() is not None:
         with collective("a barrier"):
-            dist.barrier(group=_control)
+            dist.barrier(group=_control)  # None (before the first fit): the default group
 
 
 def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
@@ -483,15 +510,18 @@ def _describe(code: int) -> str:
 
 
 def launch(argv: list[str], nproc: int, *, resume_hint: str | None = None, grace_s: float = 5.0,
-           echo: Callable[[str], None] | None = None) -> int:
-    """Run ``python -m qtkit ARGV`` in ``nproc`` local processes (ranks 0 .. nproc-1) and wait for them.
+           echo: Callable[[str], None] | None = None, program: Sequence[str] | None = None) -> int:
+    """Run ``python -m qtkit ARGV`` (``program``: another command before ARGV) in ``nproc`` local processes (ranks
+    0 .. nproc-1) and wait for them.
 
     Each process gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` (127.0.0.1) and
     a free ``MASTER_PORT``, its own session (a terminal's Ctrl-C reaches the launcher only, which forwards it
     once) and, on Linux, death with the launcher. ``OMP_NUM_THREADS`` defaults to the cores / ``nproc``.
     SIGINT/SIGTERM are forwarded to every rank (they checkpoint and stop at the same step). When a rank fails while
     the others run, the others get ``grace_s`` seconds to stop on their own (an error they all raise), then are
-    killed; the failing rank is named with its exit code (and ``resume_hint``). Returns the exit code: the ranks'
+    killed; the failing rank is named with its exit code (and ``resume_hint``): of the ranks that ended by
+    themselves, one killed by a signal (its peers exit with an error when they lose it, and may be seen to end
+    first), else the first seen to fail. Returns the exit code: the ranks'
     common one when they agree (0, 2 for an error, 130/143 for an interrupt), else the failing rank's (1 for a rank
     killed by a signal).
     """
@@ -519,19 +549,22 @@ def launch(argv: list[str], nproc: int, *, resume_hint: str | None = None, grace
             signal.signal(s, forward)
         for rank in range(nproc):
             child_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            procs.append(subprocess.Popen([sys.executable, "-m", "qtkit", *argv], env=child_env,
+            procs.append(subprocess.Popen([*(program or (sys.executable, "-m", "qtkit")), *argv], env=child_env,
                                           start_new_session=True, preexec_fn=_die_with_parent if linux else None))
-        failed: tuple[int, int] | None = None
+        ended: dict[int, int] = {}  # rank -> the order in which the launcher saw it end by itself
         deadline: float | None = None
         while True:
             codes = [p.poll() for p in procs]
+            for rank, code in enumerate(codes):
+                if code is not None and rank not in ended:
+                    ended[rank] = len(ended)
             if all(c is not None for c in codes):
                 break
-            bad = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-            if failed is None and bad:
-                # a rank killed by a signal is the cause; the ranks that lost it exit with an error after it
-                failed = min(bad, key=lambda rc: (rc[1] >= 0, rc[0]))
-                deadline = time.monotonic() + (grace_s if failed[1] > 0 else 0.0)
+            if deadline is None and any(c not in (None, 0) for c in codes):
+                # a rank killed by a signal: stop the others at once; a rank's error: they get grace_s to stop
+                # on their own (an error they all raise)
+                killed = any(c is not None and c < 0 for c in codes)
+                deadline = time.monotonic() + (0.0 if killed else grace_s)
             if deadline is not None and time.monotonic() >= deadline:
                 for p in procs:
                     if p.poll() is None:
@@ -551,7 +584,11 @@ def launch(argv: list[str], nproc: int, *, resume_hint: str | None = None, grace
     codes = [int(p.returncode) for p in procs]
     if len(set(codes)) == 1 and (codes[0] >= 0 or received):
         return codes[0] if codes[0] >= 0 else 128 + -codes[0]
-    rank, code = failed if failed is not None else next((r, c) for r, c in enumerate(codes) if c != 0)
+    # the cause, among the ranks that ended by themselves: one killed by a signal (the others lost it and exited
+    # with an error, possibly before the launcher saw it die), else the first seen to fail
+    failures = [(rank, codes[rank]) for rank in ended if codes[rank] != 0] or [
+        (rank, code) for rank, code in enumerate(codes) if code != 0]
+    rank, code = min(failures, key=lambda rc: (rc[1] >= 0, ended.get(rc[0], nproc)))
     message = (f"error: rank {rank} of {nproc} (pid {procs[rank].pid}) {_describe(code)}; the other ranks were "
                "stopped.")
     if resume_hint:

@@ -17,10 +17,11 @@ from types import FrameType
 
 from qtkit.errors import QtkitError
 
-__all__ = ["TrainingInterrupted", "active", "exit_code", "graceful_interrupts", "pending"]
+__all__ = ["TrainingInterrupted", "active", "exit_code", "graceful_interrupts", "ignore_further_signals", "pending"]
 
 _pending: int | None = None
 _active = False
+_ignoring = False
 
 
 class TrainingInterrupted(QtkitError):
@@ -47,8 +48,21 @@ def active() -> bool:
     return _active
 
 
+def ignore_further_signals() -> None:
+    """From now until the process ends, SIGINT/SIGTERM are ignored (inside and after :func:`graceful_interrupts`).
+
+    For a rank of a data-parallel run that stopped on an interrupt the ranks agreed on: the launcher forwards the
+    signal to every rank, and this rank's copy may arrive only after the ranks stopped on another rank's copy; it must
+    not kill the rank while it checkpoints and leaves the process group. No-op outside :func:`graceful_interrupts`.
+    """
+    global _ignoring
+    _ignoring = _active
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
     global _pending
+    if _ignoring:
+        return
     if _pending is not None:  # a second signal: stop now
         raise KeyboardInterrupt
     _pending = signum
@@ -58,17 +72,17 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def graceful_interrupts(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
     """Record SIGINT/SIGTERM instead of dying at once, for the duration of the block (main thread only;
     elsewhere a no-op). The previous handlers are restored on exit."""
-    global _pending, _active
+    global _pending, _active, _ignoring
     if threading.current_thread() is not threading.main_thread() or _active:
         yield
         return
     previous = {s: signal.getsignal(s) for s in signals}
-    _pending, _active = None, True
+    _pending, _active, _ignoring = None, True, False
     try:
         for s in signals:
             signal.signal(s, _handler)
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
-        _pending, _active = None, False
+            signal.signal(s, signal.SIG_IGN if _ignoring else handler)
+        _pending, _active, _ignoring = None, False, False
