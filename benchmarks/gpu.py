@@ -267,9 +267,9 @@ def compare(args: argparse.Namespace) -> str:
     small = {"backbone": {"width": 128, "depth": 3, "heads": 1, "mlp_dim": 512}, "batch_size": 64}
     data = synthetic_dataset(100, seed=1, max_length=300)
 
-    def agent_with(**switches: Any) -> tuple[Any, Callable[[], Any]]:
+    def agent_with(preset: str = "qt-gpt-nstep", **switches: Any) -> tuple[Any, Callable[[], Any]]:
         torch.manual_seed(0)
-        agent = qtkit.build("qt-gpt-nstep", dataset=data, device=args.device, **small, **switches, log_every=10_000)
+        agent = qtkit.build(preset, dataset=data, device=args.device, **small, **switches, log_every=10_000)
         agent.fit(data, steps=1000, until=2, progress=False)
         return agent, batch_source(agent, data)
 
@@ -278,6 +278,11 @@ def compare(args: argparse.Namespace) -> str:
     o, n, r = pairs(lambda: a_old.train_step(b_old()), lambda: a_new.train_step(b_new()), args.compare_calls)
     lines.append(f"| training step | qt-gpt-nstep 128/3/1, B 64 x K 20 | per-step sync (default) | `sync_free` | "
                  f"{o:.1f} | {n:.1f} | {r:.2f} |")
+    q_old, qb_old = agent_with("qtransformer")
+    q_new, qb_new = agent_with("qtransformer", sync_free=True)  # ar-q: every window position, masked
+    o, n, r = pairs(lambda: q_old.train_step(qb_old()), lambda: q_new.train_step(qb_new()), args.compare_calls)
+    lines.append(f"| training step | qtransformer 128/3/1, B 64 x K {q_old.train_config.context} | valid rows selected, "
+                 f"per-step sync (default) | `sync_free` (all positions, masked) | {o:.1f} | {n:.1f} | {r:.2f} |")
     a_dev, b_dev = agent_with(device_windows=True)
     o, n, r = pairs(lambda: a_old.train_step(b_old()), lambda: a_dev.train_step(b_dev()), args.compare_calls)
     lines.append(f"| training step | qt-gpt-nstep 128/3/1, B 64 x K 20 | host sampler (default) | `device_windows` | "

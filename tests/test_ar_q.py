@@ -544,7 +544,7 @@ def reference_loss(
     """The loss as first written: a full target pass (Q̄_1 included) and a one-hot conservative mask."""
     from qtkit.backups.functional import autoregressive_targets, mc_lower_bound
 
-    hist, hist_mask, bins, last, returns = critic._select(batch.observations, batch.actions, targets, valid, batch)
+    hist, hist_mask, bins, last, returns, _ = critic._select(batch.observations, batch.actions, targets, valid, batch)
     with torch.no_grad():
         q_target = critic._teacher_forced(critic.target_net, hist, hist_mask, bins).amin(0).float()
         y = autoregressive_targets(q_target, last.float())
@@ -594,3 +594,84 @@ def test_loss_equals_the_plain_computation(params: dict[str, Any]) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     y = critic.dimension_targets(batch.observations, batch.actions, targets, valid, batch)
     assert y.shape == (3, 5, act_dim)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"act_dim": 1, "action_low": [-1.0], "action_high": [1.0]}, {"heads": 1, "dueling": True},
+     {"state_window": 3, "floor": -0.7, "conservative_weight": 0.5}, {"mc_lower_bound": False, "floor": 0.3},
+     {"conservative_weight": 0.0}],
+)
+def test_static_shapes_train_like_the_selected_rows(params: dict[str, Any]) -> None:
+    """``static_shapes`` (``train.sync_free``): every window position is computed and the invalid ones are masked,
+    instead of selecting the valid rows: the same bootstrap values, loss, metrics and gradients (up to summation
+    order), even with non-finite targets and returns at the invalid positions (tests/test_fast_path.py checks that
+    a sync-free qtransformer step reads no tensor on the host)."""
+    act_dim = params.get("act_dim", ACT)
+    critic = make_critic(bins=7, **params).train()
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2, 1:] = False
+    batch = make_batch(3, 5, seed=6, mask=mask, returns=torch.rand(3, 5),
+                       actions=random_actions(3, 5, seed=2, margin=0.0)[..., :act_dim])
+    batch.returns[~mask] = math.nan  # what lies beyond a window's valid positions must not matter
+    backup = backup_component("nstep-mc-max", n=2)
+    runs = []
+    for static in (False, True):
+        critic.static_shapes = static
+        critic.net.zero_grad(set_to_none=True)
+        next_values, next_valid = critic.bootstrap(batch.observations, batch.next_observations, None, batch.mask)
+        targets, valid = backup(batch, next_values, next_valid)
+        targets = torch.where(valid, targets, math.nan)
+        loss, metrics = critic.loss(batch.observations, batch.actions, targets, valid, batch=batch)
+        loss.backward()
+        runs.append((next_values, loss.detach(), metrics, [p.grad for p in critic.net.parameters()]))
+    (values, want, want_metrics, want_grads), (got_values, got, got_metrics, got_grads) = runs
+    torch.testing.assert_close(got_values, values, rtol=1e-6, atol=1e-6)
+    assert want.isfinite() and got.isfinite()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_metrics.keys() == want_metrics.keys()
+    for key in want_metrics:
+        torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_static_shapes_with_no_valid_position_give_a_zero_loss_and_zero_gradients() -> None:
+    critic = make_critic()
+    critic.static_shapes = True
+    batch = make_batch(2, 3)
+    invalid = torch.zeros(2, 3, dtype=torch.bool)
+    values, valid = critic.bootstrap(batch.observations, batch.next_observations, None, invalid)
+    assert (values == 0).all() and not valid.any()
+    loss, metrics = critic.loss(batch.observations, batch.actions, torch.zeros(2, 3), invalid, batch=batch)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and all(v.isfinite() for v in metrics.values())
+    assert all(float(p.grad.abs().max()) == 0.0 for p in critic.net.parameters() if p.grad is not None)
+
+
+def test_the_floor_is_checked_once_per_value() -> None:
+    """``_floor`` reads the buffer on the host only when it changed (prepare, loading): not at every step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Reads.count += func._schema.name == "aten::_local_scalar_dense"
+            return func(*args, **(kwargs or {}))
+
+    critic = make_critic()
+    with Reads():
+        critic._floor()
+        first = Reads.count
+        critic._floor()
+        critic._floor()
+    assert first == 1 and Reads.count == 1
+    critic.floor_value.fill_(math.nan)  # as an unresolved "auto" floor loaded from a state dict
+    with pytest.raises(TrainingError, match="not resolved"):
+        critic._floor()
+    critic.load_state_dict(make_critic().state_dict())
+    assert float(critic._floor()) == 0.0

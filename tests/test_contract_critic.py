@@ -228,6 +228,31 @@ def test_one_optimisation_step(name: str) -> None:
     assert all(not p.requires_grad for p in critic.target_net.parameters())
 
 
+def test_static_shapes_change_only_the_summation_order(name: str) -> None:
+    """``static_shapes`` (set from ``train.sync_free``): the same bootstrap values, loss, metrics and gradients as the
+    default, up to float summation order (no dropout), on windows padded at both ends."""
+    critic = make_critic(name).train()
+    batch = make_batch()
+    runs = []
+    for static in (False, True):
+        critic.static_shapes = static
+        critic.net.zero_grad(set_to_none=True)
+        values = targets_of(critic, batch)
+        loss, metrics = loss_of(critic, batch)
+        loss.backward()
+        runs.append((values, loss.detach(), metrics, [p.grad for p in critic.net.parameters()]))
+    (want_targets, want, want_metrics, want_grads), (got_targets, got, got_metrics, got_grads) = runs
+    torch.testing.assert_close(got_targets, want_targets, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_metrics.keys() == want_metrics.keys()
+    for key in want_metrics:
+        torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("preset", ["qt-gpt-nstep", "qt-gpt-arq", "qtransformer"])
 def test_agents_keep_the_target_copy_frozen(preset: str) -> None:
     """The contract holds inside the agents too: after a training step the target copy still asks for no

@@ -34,7 +34,8 @@ from tests.conftest import TINY_SETS, pendulum_dataset, pendulum_npz, pixel_data
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
 
-PRESETS = ("qt-gpt-nstep", "qtransformer")
+#: "+switch": that train switch on (sync_free: ar-q trains on every position, masked, with a tensor row count)
+PRESETS = ("qt-gpt-nstep", "qtransformer", "qtransformer+sync_free")
 BATCH = 8
 STEPS = 5
 #: the command-line run of the kill/resume test (the workers also train it uninterrupted, through agent.fit)
@@ -44,9 +45,12 @@ CLI_ARGS = ["--preset", "qt-gpt-nstep", "--steps", str(CLI_STEPS), "--checkpoint
             *CLI_SETS, "--nproc", "2"]
 
 
-def _overrides(preset: str) -> dict[str, Any]:
+def _overrides(name: str) -> dict[str, Any]:
     """Tiny sizes, no dropout (each rank has its own dropout stream), SGD with a large step (see the module doc)."""
+    preset, _, switch = name.partition("+")
     out = tiny(preset)
+    if switch:
+        out[switch] = True
     out["backbone"] = {**out["backbone"], "dropout": 0.0}
     out.update(batch_size=BATCH, log_every=2, optimizer="sgd", lr=0.05, scheduler="none")
     if preset.startswith("qt-"):
@@ -54,10 +58,11 @@ def _overrides(preset: str) -> dict[str, Any]:
     return out
 
 
-def _train(preset: str) -> dict[str, Any]:
-    """Fit ``preset`` STEPS steps on the Pendulum windows; the final weights and the observations of every batch."""
+def _train(name: str) -> dict[str, Any]:
+    """Fit ``name`` (a preset, "+switch") STEPS steps on the Pendulum windows; the final weights and the
+    observations of every batch."""
     data = pendulum_dataset()
-    agent = qtkit.build(preset, dataset=data, seed=0, device="cpu", **_overrides(preset))
+    agent = qtkit.build(name.partition("+")[0], dataset=data, seed=0, device="cpu", **_overrides(name))
     batches: list[torch.Tensor] = []
     step = agent.train_step
 

@@ -130,7 +130,9 @@ class TrainConfig:
     log_every: PositiveInt = 100
     # fast path (issue 18; benchmarks/RESULTS.md "Fast path (issue 18)" has the measurements behind the defaults)
     device_windows: bool = False  # sample windows on the training device from a device-resident copy of the data
-    sync_free: bool = False  # no host-device sync in a step: metrics stay tensors, non-finite losses checked at log steps
+    # no host-device sync in a step: metrics stay tensors, non-finite losses checked at log steps, critics train on
+    # fixed shapes (Critic.static_shapes: ar-q computes every window position, masked, instead of the valid rows)
+    sync_free: bool = False
     compile_step: bool = False  # torch.compile the whole train_step (graph breaks at backward and the optimiser)
     # torch.compile mode of compile / compile_step: "reduce-overhead" adds CUDA graphs (inductor, CUDA only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
@@ -171,6 +173,8 @@ class Agent(abc.ABC):
         #: the critic's own encoder (QT's ``train.critic_encoder: separate``); None: the critic reads ``encoder``'s
         self.critic_encoder: Encoder | None = None
         self.critic = critic
+        if critic is not None:
+            critic.static_shapes = self.train_config.sync_free  # no data-dependent row counts in a sync-free step
         self.backup = backup
         self.sampler = sampler
         self.device = torch.device("cpu")

@@ -48,7 +48,7 @@ from qtkit.critics.base import AutoregressiveCritic, Chooser, soft_update
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.params import FiniteFloat, Ge, NonNegativeFloat, PositiveInt
 from qtkit.registry import register
-from qtkit.training.distributed import row_mean
+from qtkit.training.distributed import mean_denominator, row_mean
 
 
 class ARQNet(nn.Module):
@@ -206,6 +206,7 @@ class ARQCritic(AutoregressiveCritic):
         self.register_buffer("action_high", high)
         #: The floor in use (NaN until :meth:`prepare` resolves "auto"); saved with the weights.
         self.register_buffer("floor_value", torch.tensor(math.nan if isinstance(floor, str) else float(floor)))
+        self._floor_checked = -1  # the floor_value version _floor() last found resolved
         self.net = ARQNet(obs_dim, act_dim, bins, state_window, heads, dueling, backbone)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False).eval()
 
@@ -250,11 +251,16 @@ class ARQCritic(AutoregressiveCritic):
         return value
 
     def _floor(self) -> Tensor:
-        if torch.isnan(self.floor_value):
-            raise TrainingError(
-                "critic 'ar-q': floor='auto' is not resolved yet; call critic.prepare(dataset) before training "
-                "(the agent does it at fit), or give a numeric floor."
-            )
+        # checked once per value of the buffer (its version counter moves with prepare's fill_ and with loading), so
+        # a training step does not read it on the host every time
+        version = self.floor_value._version
+        if version != self._floor_checked:
+            if torch.isnan(self.floor_value):
+                raise TrainingError(
+                    "critic 'ar-q': floor='auto' is not resolved yet; call critic.prepare(dataset) before training "
+                    "(the agent does it at fit), or give a numeric floor."
+                )
+            self._floor_checked = version
         return self.floor_value
 
     # ------------------------------------------------------------------ bins
@@ -438,16 +444,20 @@ class ARQCritic(AutoregressiveCritic):
         """
         mask = mask.bool()
         next_values = torch.zeros(mask.shape, dtype=torch.float32, device=states.device)
-        if not bool(mask.any()):
+        if not self.static_shapes and not bool(mask.any()):
             return next_values, mask.clone()
         hist, hist_mask = self.histories(states, mask)
-        next_hist = torch.cat((hist[:, :, 1:], next_states.unsqueeze(2)), dim=2)[mask]  # [N, w, obs]
-        next_mask = None
-        if hist_mask is not None:
-            next_mask = F.pad(hist_mask[:, :, 1:], (0, 1), value=True)[mask]
+        next_hist = torch.cat((hist[:, :, 1:], next_states.unsqueeze(2)), dim=2)  # [B, K, w, obs]
+        next_mask = None if hist_mask is None else F.pad(hist_mask[:, :, 1:], (0, 1), value=True)  # [B, K, w]
+        # the valid positions' rows [N, ...]; static_shapes: every position's [B * K, ...], the others zeroed below
+        rows = (lambda x: x.flatten(0, 1)) if self.static_shapes else (lambda x: x[mask])
+        next_hist = rows(next_hist)
+        next_mask = None if next_mask is None else rows(next_mask)
         tokens = self.target_net.action_tokens(next_hist.new_zeros(next_hist.shape[0], 0, self.net.start.shape[0]))
-        q = self.target_net(next_hist, next_mask, tokens, last_only=True).amin(0)  # [N, bins]
-        next_values[mask] = q.amax(-1).float()
+        q = self.target_net(next_hist, next_mask, tokens, last_only=True).amin(0).amax(-1).float()  # [N or B*K]
+        if self.static_shapes:
+            return torch.where(mask, q.view(mask.shape), next_values), mask.clone()
+        next_values[mask] = q
         return next_values, mask.clone()
 
     def _targets(self, hist: Tensor, hist_mask: Tensor | None, bins: Tensor, last: Tensor, returns: Tensor | None) -> Tensor:
@@ -469,21 +479,35 @@ class ARQCritic(AutoregressiveCritic):
                 y = mc_lower_bound(y, returns.float().unsqueeze(-1).expand_as(y))
         return y
 
-    def _select(self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, batch: Any) -> tuple[Any, ...]:
+    def _select(self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, batch: Any,
+                every_position: bool = False) -> tuple[Any, ...]:
+        """The training rows of a window: ``(hist [N, w, obs], hist_mask [N, w] | None, bins [N, D], last [N],
+        returns [N] | None, keep)``. The N valid positions, ``keep`` None; or, ``every_position``, all N = B * K
+        positions with ``keep [B * K]`` marking the valid ones (the others' target and return are 0, so that
+        nothing non-finite reaches the loss's backward through them)."""
         if self.mc_lower_bound and batch is None:
             raise ValueError("critic 'ar-q' with mc_lower_bound needs loss(..., batch=batch) for batch.returns.")
         valid = valid.bool()
         window_mask = batch.mask if batch is not None else valid
         hist, hist_mask = self.histories(states, window_mask)
+        returns = batch.returns if self.mc_lower_bound else None
+        if every_position:
+            keep = valid.flatten()
+
+            def zeroed(x: Tensor) -> Tensor:
+                return torch.where(keep, x.flatten().to(torch.float32), 0.0)
+
+            return (hist.flatten(0, 1), None if hist_mask is None else hist_mask.flatten(0, 1),
+                    self.discretize(actions.flatten(0, 1)), zeroed(targets),
+                    None if returns is None else zeroed(returns), keep)
         rows = (hist[valid], None if hist_mask is None else hist_mask[valid], self.discretize(actions[valid]))
-        returns = batch.returns[valid] if self.mc_lower_bound else None
-        return (*rows, targets[valid], returns)
+        return (*rows, targets[valid], None if returns is None else returns[valid], None)
 
     def dimension_targets(
         self, states: Tensor, actions: Tensor, targets: Tensor, valid: Tensor, batch: Any = None
     ) -> Tensor:
         """The per-dimension targets :meth:`loss` regresses on: ``[B, K, D]`` (0 where not ``valid``)."""
-        hist, hist_mask, bins, last, returns = self._select(states, actions, targets, valid, batch)
+        hist, hist_mask, bins, last, returns, _ = self._select(states, actions, targets, valid, batch)
         out = torch.zeros(*valid.shape, self.act_dim, device=states.device)
         out[valid.bool()] = self._targets(hist, hist_mask, bins, last, returns)
         return out
@@ -501,9 +525,16 @@ class ARQCritic(AutoregressiveCritic):
         with ``y_i = max_b Q̄_{i+1}(s, a^{1:i}, b)`` (i < D), ``y_D = targets`` and, with ``mc_lower_bound``,
         ``y_i ← max(y_i, G_t)``. Returns ``(loss, metrics)`` (metrics detached).
         """
-        hist, hist_mask, bins, last, returns = self._select(states, actions, targets, valid, batch)
-        n = bins.shape[0]
-        if n == 0:
+        hist, hist_mask, bins, last, returns, keep = self._select(states, actions, targets, valid, batch,
+                                                                  every_position=self.static_shapes)
+        n = bins.shape[0] if keep is None else keep.sum()  # valid rows (static_shapes: a tensor, never read here)
+
+        def rows_mean(x: Tensor) -> Tensor:  # [H, N] -> [H]: the mean over the valid rows
+            if keep is None:
+                return row_mean(x)
+            return torch.where(keep, x, 0.0).sum(-1) / mean_denominator(n).to(x.dtype)
+
+        if keep is None and n == 0:
             zero = sum(p.sum() for p in self.net.parameters()) * 0.0
             # data-parallel: take part in the other ranks' row means (their global row count includes this 0)
             for _ in range(2 if self.conservative_weight > 0 else 1):
@@ -513,7 +544,7 @@ class ARQCritic(AutoregressiveCritic):
         q = self._teacher_forced(self.net, hist, hist_mask, bins).float()  # [H, N, D, bins]
         index = bins.unsqueeze(0).expand(self.heads, -1, -1).unsqueeze(-1)
         q_data = q.gather(-1, index).squeeze(-1)  # [H, N, D]
-        td = row_mean(0.5 * ((q_data - y) ** 2).sum(-1))  # [H]: mean over the N rows
+        td = rows_mean(0.5 * ((q_data - y) ** 2).sum(-1))  # [H]: mean over the N rows
         loss = td.sum()
         metrics = {"td_loss": td.sum().detach()}
         if self.conservative_weight > 0:
@@ -522,16 +553,22 @@ class ARQCritic(AutoregressiveCritic):
             floor = self._floor().to(q.dtype)
             others_q = q.scatter(-1, index, floor.expand(index.shape))
             gap = (others_q - floor) ** 2
-            conservative = row_mean(0.5 * (gap.sum(-1) / (self.bins - 1)).sum(-1))  # [H]
+            conservative = rows_mean(0.5 * (gap.sum(-1) / (self.bins - 1)).sum(-1))  # [H]
             loss = loss + self.conservative_weight * conservative.sum()
             metrics["conservative_loss"] = conservative.sum().detach()
-            count = q_data.numel()  # H * N * D positions, bins - 1 other bins each
-            metrics["q_ood_mean"] = (others_q.detach().sum() - floor * count) / (count * (self.bins - 1))
-        metrics.update({
-            "critic_loss": loss.detach(),
-            "q_mean": q_data[..., -1].detach().mean(),
-            "target_mean": y[:, -1].mean(),
-        })
+            count = n * self.heads * self.act_dim  # H * N * D positions, bins - 1 other bins each
+            ood = others_q.detach()
+            if keep is not None:
+                ood = torch.where(keep[:, None, None], ood, 0.0)  # [H, N, D, bins]: the valid rows only
+            # the sum holds the floor once per position (its dataset bin): the rest is the other bins' Q
+            metrics["q_ood_mean"] = (ood.sum() - floor * count) / (
+                (count if keep is None else count.clamp(min=1)) * (self.bins - 1))
+        if keep is None:
+            q_mean, target_mean = q_data[..., -1].detach().mean(), y[:, -1].mean()
+        else:
+            q_mean = torch.where(keep, q_data[..., -1].detach(), 0.0).sum() / (n * self.heads).clamp(min=1)
+            target_mean = torch.where(keep, y[:, -1], 0.0).sum() / n.clamp(min=1)
+        metrics.update({"critic_loss": loss.detach(), "q_mean": q_mean, "target_mean": target_mean})
         return loss, metrics
 
     @torch.no_grad()

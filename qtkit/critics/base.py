@@ -51,6 +51,11 @@ class Critic(nn.Module, metaclass=abc.ABCMeta):
     #: Whether :meth:`bootstrap` needs the policy's actions on the window (the QT agent then keeps an EMA copy
     #: of its policy to produce them); False: the critic bootstraps on its own (e.g. a max over bins).
     needs_policy_actions: ClassVar[bool] = False
+    #: Train on fixed shapes: compute every window position and mask the invalid ones instead of selecting the valid
+    #: rows (whose count is data-dependent: a host-device sync, and a new shape for CUDA graphs). Set by the agent
+    #: from ``train.sync_free``; equal to the default up to float summation order when nothing drops out (dropout
+    #: masks are drawn for every position then). A critic without row selection ignores it.
+    static_shapes: bool = False
 
     @abc.abstractmethod
     def forward(self, states: Tensor, actions: Tensor) -> Tensor:
