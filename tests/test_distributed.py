@@ -87,10 +87,10 @@ def _train_like_the_cli(npz: str, log_dir: Path) -> None:
               progress=False)
 
 
-def _non_finite_on_rank_1() -> str | None:
+def _non_finite_on_rank_1(**switches: Any) -> str | None:
     """A fit whose rank 1 alone sees a NaN reward at its second step; the error each rank raised (None: none)."""
     data = pendulum_dataset()
-    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"))
+    agent = qtkit.build("qt-gpt-nstep", dataset=data, seed=0, device="cpu", **_overrides("qt-gpt-nstep"), **switches)
     step = agent.train_step
 
     def poisoned(batch: Any, diagnose: bool = False) -> dict[str, float]:
@@ -133,6 +133,7 @@ def _equivalence_worker(rank: int, world: int, port: int, out: str, npz: str) ->
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     result: dict[str, Any] = {preset: _train(preset) for preset in PRESETS}
     result["non_finite"] = _non_finite_on_rank_1()
+    result["non_finite_sync_free"] = _non_finite_on_rank_1(sync_free=True)
     result["evaluation"] = _failing_evaluation()
     torch.save(result, Path(out) / f"rank{rank}.pt")
     _train_like_the_cli(npz, Path(out) / "cli")
@@ -180,6 +181,15 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(two_ranks: 
     for error in errors:  # rank 0's loss was finite: it stops too, instead of waiting for rank 1 forever
         assert error is not None and "non-finite critic loss at step 1 on at least one of the 2 ranks" in error, errors
         assert error.endswith("[stopped at step 1]"), errors
+
+
+def test_with_sync_free_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_check(two_ranks: dict) -> None:
+    # no per-step agreement (no host read): each rank records the ranks' mean loss, NaN on both, and both raise at
+    # the next logged step (log_every 2: step 2, the poisoned one)
+    errors = [two_ranks["ranks"][r]["non_finite_sync_free"] for r in range(2)]
+    assert errors[0] == errors[1], errors
+    assert errors[0] is not None and "loss (nan) at step 2, found at step 2" in errors[0], errors
+    assert errors[0].endswith("[stopped at step 2]"), errors
 
 
 def test_rank_0_s_failing_evaluation_stops_every_rank(two_ranks: dict) -> None:

@@ -474,13 +474,15 @@ class Agent(abc.ABC):
         :meth:`check_finite` at the next logged step, checkpoint or evaluation (the updates in between applied).
 
         Data-parallel training (:mod:`qtkit.training.distributed`): every rank raises when the loss is non-finite on
-        any rank (checked at every step: the ranks must agree before the all-reduce, so ``sync_free`` does not
-        defer this check there), and the gradients are averaged over the ranks (one bucketed all-reduce) before
-        the clip."""
+        any rank, at that step, or with ``sync_free`` at the same later check on every rank (each records the mean
+        of the ranks' losses, which is non-finite on all of them when it is on any; the NaN gradients the all-reduce
+        then spreads keep the ranks in step). The gradients are averaged over the ranks (one bucketed all-reduce)
+        before the clip."""
         if optimizer is None:
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
-        if self.train_config.sync_free and distributed.active() is None:
-            self._watch_loss(loss, what)  # device-side bookkeeping; checked by check_finite() at log steps
+        if self.train_config.sync_free:
+            # device-side bookkeeping, checked by check_finite() at log steps (data-parallel: the ranks' mean loss)
+            self._watch_loss(distributed.rank_mean(loss.detach().float()), what)
         else:
             distributed.check_finite(loss, what, self.step)  # data-parallel: all ranks agree (no-op in one process)
             if not torch.isfinite(loss):

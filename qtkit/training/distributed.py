@@ -330,7 +330,9 @@ def average_gradients(parameters: Sequence[Tensor]) -> None:
         flags = torch.tensor([p.grad is not None for p in params], device=device, dtype=dtype)
         flat = _all_reduce(torch.cat([*pieces, flags]))
         flat[: -len(params)].div_(dp.world_size)
-        present = flat[-len(params):].tolist()
+        # every local gradient present: present on every rank, nothing to read back (on a GPU: no sync)
+        local = all(p.grad is not None for p in params)
+        present = [1.0] * len(params) if local else flat[-len(params):].tolist()
         offset = 0
         for p, seen in zip(params, present, strict=True):
             n = p.numel()
