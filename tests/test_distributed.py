@@ -34,8 +34,9 @@ from tests.conftest import TINY_SETS, pendulum_dataset, pendulum_npz, pixel_data
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
 
-#: "+switch": that train switch on (sync_free: ar-q trains on every position, masked, with a tensor row count)
-PRESETS = ("qt-gpt-nstep", "qtransformer", "qtransformer+sync_free")
+#: "+switch": that train switch on (sync_free: ar-q trains on every position, masked, with a tensor row count;
+#: compile_step: the step through torch.compile's aot_eager backend, collectives inside the compiled losses)
+PRESETS = ("qt-gpt-nstep", "qtransformer", "qtransformer+sync_free", "qt-gpt-nstep+compile_step")
 BATCH = 8
 STEPS = 5
 #: the command-line run of the kill/resume test (the workers also train it uninterrupted, through agent.fit)
@@ -51,6 +52,8 @@ def _overrides(name: str) -> dict[str, Any]:
     out = tiny(preset)
     if switch:
         out[switch] = True
+    if switch == "compile_step":
+        out["compile_backend"] = "aot_eager"  # inductor would need minutes and a C compiler
     out["backbone"] = {**out["backbone"], "dropout": 0.0}
     out.update(batch_size=BATCH, log_every=2, optimizer="sgd", lr=0.05, scheduler="none")
     if preset.startswith("qt-"):
@@ -64,7 +67,9 @@ def _train(name: str) -> dict[str, Any]:
     data = pendulum_dataset()
     agent = qtkit.build(name.partition("+")[0], dataset=data, seed=0, device="cpu", **_overrides(name))
     batches: list[torch.Tensor] = []
-    step = agent.train_step
+    # compile_step: compiled here, as fit would (fit leaves a train_step set on the instance alone)
+    step = agent._compiled_train_step() if agent.train_config.compile_step else agent.train_step
+    graphs = _compiled_graphs()
 
     def recording(batch: Any, diagnose: bool = False) -> dict[str, float]:
         batches.append(batch.observations.clone())
@@ -72,7 +77,16 @@ def _train(name: str) -> dict[str, Any]:
 
     agent.train_step = recording  # type: ignore[method-assign]
     agent.fit(data, steps=STEPS, progress=False)
-    return {"weights": {k: v.clone() for k, v in agent.state_dict().items()}, "batches": batches}
+    return {"weights": {k: v.clone() for k, v in agent.state_dict().items()}, "batches": batches,
+            "graphs": _compiled_graphs() - graphs}
+
+
+def _compiled_graphs() -> int:
+    """How many graphs torch.compile has made in this process so far (0 before the first compile)."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo")
+    return int(dynamo.utils.counters["stats"]["unique_graphs"]) if dynamo is not None else 0
 
 
 def _train_like_the_cli(npz: str, log_dir: Path) -> None:
@@ -169,6 +183,8 @@ def test_two_ranks_train_the_model_of_one_process_with_the_whole_batch(two_ranks
     for step, (a, b, whole) in enumerate(zip(rank0["batches"], rank1["batches"], one["batches"], strict=True)):
         assert a.shape[0] == b.shape[0] == BATCH // 2, step
         assert torch.equal(torch.cat([a, b]), whole), f"step {step}: the ranks' slices are not the global batch"
+    if preset.endswith("+compile_step"):  # it did run compiled, in both settings
+        assert rank0["graphs"] > 0 and rank1["graphs"] > 0 and one["graphs"] > 0, (rank0["graphs"], one["graphs"])
     # the same update on every rank, and the update of the whole batch up to float reduction order
     for key, value in one["weights"].items():
         assert torch.equal(rank0["weights"][key], rank1["weights"][key]), f"{preset} {key}: the ranks diverged"
