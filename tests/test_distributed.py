@@ -213,6 +213,26 @@ def test_rank_0_s_failing_evaluation_stops_every_rank(two_ranks: dict) -> None:
     assert errors[0] == errors[1] == ("DataError", "the evaluation env is broken"), errors  # rank 1 did not wait
 
 
+def test_every_rank_of_a_node_picks_the_same_backend() -> None:
+    """All local ranks agree on the backend (ranks that disagree never meet); NCCL only with a GPU per rank, each its
+    own; more ranks than GPUs share them under gloo; no GPU: gloo on the CPU."""
+    from qtkit.training.distributed import backend_for
+
+    for gpus in range(4):
+        for local_world in range(1, 6):
+            picks = [backend_for(rank, local_world, gpus) for rank in range(local_world)]
+            assert len({backend for backend, _ in picks}) == 1, (gpus, local_world, picks)
+            backend, _ = picks[0]
+            devices = [gpu for _, gpu in picks]
+            if gpus == 0:
+                assert picks == [("gloo", None)] * local_world
+            elif "nccl" in backend:
+                assert local_world <= gpus and devices == list(range(local_world))
+            else:
+                assert backend == "gloo" and local_world > gpus and all(0 <= d < gpus for d in devices)
+    assert backend_for(1, 2, 1) == ("gloo", 0)  # --nproc 2 on one GPU: both ranks on it
+
+
 def test_a_rank_s_slice_is_those_rows_of_the_global_batch() -> None:
     data = pendulum_dataset()
     for scheme in ("uniform", "reference", "inside"):

@@ -178,13 +178,28 @@ def init_from_env() -> DataParallel | None:
         raise ConfigError(f"WORLD_SIZE={size} but {', '.join(missing)} not set: launch with torchrun or "
                           "`qtkit train --nproc N`, which set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.")
     if not dist.is_initialized():
-        backend = "gloo"
         local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
-            torch.cuda.set_device(local_rank)  # NCCL's device for this rank
-            backend = "cpu:gloo,cuda:nccl"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or size)
+        backend, gpu = backend_for(local_rank, local_world,
+                                   torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        if gpu is not None:
+            torch.cuda.set_device(gpu)  # this rank's GPU ("cuda" means it)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s()))
     return world()
+
+
+def backend_for(local_rank: int, local_world: int, gpus: int) -> tuple[str, int | None]:
+    """``(backend, GPU index or None)`` of local rank ``local_rank`` of ``local_world`` on a node with ``gpus`` GPUs.
+
+    The same backend on every rank: NCCL (CUDA tensors) + gloo (CPU ones) when each local rank has a GPU of its
+    own; gloo alone otherwise. NCCL refuses two ranks on one GPU, and gloo carries CUDA tensors too, so more ranks
+    than GPUs share them round-robin (e.g. ``--nproc 2`` on one GPU: both on GPU 0). No GPU: gloo on the CPU.
+    """
+    if gpus <= 0:
+        return "gloo", None
+    if local_world <= gpus:
+        return "cpu:gloo,cuda:nccl", local_rank
+    return "gloo", local_rank % gpus
 
 
 def destroy() -> None:
