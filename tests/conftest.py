@@ -127,6 +127,22 @@ def tiny(preset: str) -> dict:
 
 
 
+def assert_same_critic_step(want: tuple, got: tuple) -> None:
+    """Two critic steps ``(bootstrap values or targets, loss, metrics, grads of critic.net)`` agree up to float
+    summation order (the ``static_shapes`` tests)."""
+    (want_values, want_loss, want_metrics, want_grads), (values, loss, metrics, grads) = want, got
+    torch.testing.assert_close(values, want_values, rtol=1e-5, atol=1e-6)
+    assert want_loss.isfinite() and loss.isfinite()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert metrics.keys() == want_metrics.keys()
+    for key in want_metrics:
+        torch.testing.assert_close(metrics[key], want_metrics[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(grads, want_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def pendulum_dataset(episodes: int = 6, length: int = 15, seed: int = 0) -> TrajectoryDataset:
     """Random-policy Pendulum episodes cut at ``length`` steps (truncated), with reference scores."""
     env = gym.make("Pendulum-v1", max_episode_steps=length)

@@ -18,7 +18,7 @@ from qtkit.critics.ar_q import ARQCritic
 from qtkit.data import Batch, TrajectoryDataset
 from qtkit.errors import ConfigError, TrainingError
 from qtkit.registry import get_component
-from tests.conftest import CONTEXT, build_component
+from tests.conftest import CONTEXT, assert_same_critic_step, build_component
 
 OBS, ACT = CONTEXT["obs_dim"], CONTEXT["act_dim"]
 LOW, HIGH = CONTEXT["action_low"], CONTEXT["action_high"]
@@ -626,17 +626,7 @@ def test_static_shapes_train_like_the_selected_rows(params: dict[str, Any]) -> N
         loss, metrics = critic.loss(batch.observations, batch.actions, targets, valid, batch=batch)
         loss.backward()
         runs.append((next_values, loss.detach(), metrics, [p.grad for p in critic.net.parameters()]))
-    (values, want, want_metrics, want_grads), (got_values, got, got_metrics, got_grads) = runs
-    torch.testing.assert_close(got_values, values, rtol=1e-6, atol=1e-6)
-    assert want.isfinite() and got.isfinite()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert got_metrics.keys() == want_metrics.keys()
-    for key in want_metrics:
-        torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-5, atol=1e-6, msg=key)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_critic_step(*runs)
 
 
 def test_static_shapes_with_no_valid_position_give_a_zero_loss_and_zero_gradients() -> None:

@@ -29,7 +29,7 @@ from torch import nn
 import qtkit
 from qtkit.data import Batch
 from qtkit.registry import get_component
-from tests.conftest import CONTEXT, SMALL_BACKBONE, build_component
+from tests.conftest import CONTEXT, SMALL_BACKBONE, assert_same_critic_step, build_component
 
 NAMES = qtkit.list_components("critic")
 OBS, ACT = CONTEXT["obs_dim"], CONTEXT["act_dim"]
@@ -241,16 +241,7 @@ def test_static_shapes_change_only_the_summation_order(name: str) -> None:
         loss, metrics = loss_of(critic, batch)
         loss.backward()
         runs.append((values, loss.detach(), metrics, [p.grad for p in critic.net.parameters()]))
-    (want_targets, want, want_metrics, want_grads), (got_targets, got, got_metrics, got_grads) = runs
-    torch.testing.assert_close(got_targets, want_targets, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert got_metrics.keys() == want_metrics.keys()
-    for key in want_metrics:
-        torch.testing.assert_close(got_metrics[key], want_metrics[key], rtol=1e-5, atol=1e-6, msg=key)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_critic_step(*runs)
 
 
 @pytest.mark.parametrize("preset", ["qt-gpt-nstep", "qt-gpt-arq", "qtransformer"])
