@@ -1,9 +1,12 @@
 """How often a gloo rank crashes at exit, by the way it ends (the reason for ``distributed.leave``).
 
 Each trial launches 2 gloo ranks (``qtkit.training.distributed.launch``) that join the group, all-reduce 20 times,
-all-gather one object, and end in one of three ways:
+all-gather one object, and end in one of four ways:
 
-- ``return``: the interpreter exits normally without tearing the group down (what a plain script does);
+- ``plain``: joined with ``torch.distributed.init_process_group``; the interpreter exits normally without tearing
+  the group down (what a plain script does);
+- ``return``: joined with ``distributed.init_from_env`` (which registers the teardown to run at exit); the
+  interpreter exits normally;
 - ``leave``: ``distributed.leave(0, together=False)`` (no teardown, ``os._exit``: a rank's error path);
 - ``together``: ``distributed.leave(0, together=True)`` (barrier, ``destroy_process_group``, ``os._exit``).
 
@@ -20,10 +23,13 @@ import time
 from qtkit.training.distributed import launch
 
 RANK = ("import torch, torch.distributed as dist; from qtkit.training import distributed; "
-        "distributed.init_from_env(); t = torch.ones(1000); [dist.all_reduce(t) for _ in range(20)]; "
+        "{join}; t = torch.ones(1000); [dist.all_reduce(t) for _ in range(20)]; "
         "dist.all_gather_object([None, None], 1); {end}")
-ENDS = {"return": "pass", "leave": "distributed.leave(0, together=False)",
-        "together": "distributed.leave(0, together=True)"}
+QTKIT_JOIN = "distributed.init_from_env()"
+#: how a rank joins and ends, by name
+ENDS = {"plain": ("dist.init_process_group('gloo')", "pass"), "return": (QTKIT_JOIN, "pass"),
+        "leave": (QTKIT_JOIN, "distributed.leave(0, together=False)"),
+        "together": (QTKIT_JOIN, "distributed.leave(0, together=True)")}
 
 
 def main() -> None:
@@ -36,7 +42,8 @@ def main() -> None:
         bad, start = 0, time.perf_counter()
         for _ in range(args.trials):
             said: list[str] = []
-            code = launch([RANK.format(end=ENDS[end])] * 2, 2, echo=said.append,
+            join, finish = ENDS[end]
+            code = launch([RANK.format(join=join, end=finish)] * 2, 2, echo=said.append,
                           program=(sys.executable, "-c", "import sys; exec(sys.argv[1].replace('; ', chr(10)))"))
             bad += code != 0
         rows.append((end, bad, time.perf_counter() - start))

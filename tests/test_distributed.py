@@ -319,6 +319,18 @@ def test_a_rank_ends_with_the_status_leave_was_given_with_or_without_the_teardow
 
 
 
+def test_a_script_that_joined_with_init_from_env_leaves_the_group_before_the_interpreter_ends(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # a rank that simply returns with the group alive can abort in the interpreter's finalisation (gloo's threads;
+    # benchmarks/gloo_exit.py): init_from_env registers the teardown at exit. An exit hook registered before it
+    # runs after it (last in, first out) and sees the group gone.
+    probe = ("import atexit, torch.distributed as dist; "  # one write per line: the two ranks share stdout
+             "atexit.register(lambda: os.write(1, f'initialised at exit: {dist.is_initialized()}\\n'.encode())); "
+             "from qtkit.training import distributed; distributed.init_from_env(); dist.barrier()")
+    assert _launch(probe, probe) == (0, [])
+    assert capfd.readouterr().out.count("initialised at exit: False") == 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 def test_a_rank_that_stopped_on_an_agreed_interrupt_ignores_its_own_late_copy_of_the_signal() -> None:
     # the launcher forwards SIGTERM to every rank; when the ranks stopped on rank 0's copy, rank 1's copy may arrive
