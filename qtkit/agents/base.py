@@ -482,7 +482,7 @@ class Agent(abc.ABC):
             raise TrainingError("optimizers are created by fit(); call agent.fit(dataset, steps) to train.")
         if self.train_config.sync_free:
             # device-side bookkeeping, checked by check_finite() at log steps (data-parallel: the ranks' mean loss)
-            self._watch_loss(distributed.rank_mean(loss.detach().float()), what)
+            self._watch_loss(distributed.rank_mean(loss), what)
         else:
             distributed.check_finite(loss, what, self.step)  # data-parallel: all ranks agree (no-op in one process)
             if not torch.isfinite(loss):

@@ -443,9 +443,8 @@ class ARQCritic(AutoregressiveCritic):
         returns ``(next_values [B, K], next_valid = mask)``.
         """
         mask = mask.bool()
-        next_values = torch.zeros(mask.shape, dtype=torch.float32, device=states.device)
         if not self.static_shapes and not bool(mask.any()):
-            return next_values, mask.clone()
+            return torch.zeros(mask.shape, dtype=torch.float32, device=states.device), mask.clone()
         hist, hist_mask = self.histories(states, mask)
         next_hist = torch.cat((hist[:, :, 1:], next_states.unsqueeze(2)), dim=2)  # [B, K, w, obs]
         next_mask = None if hist_mask is None else F.pad(hist_mask[:, :, 1:], (0, 1), value=True)  # [B, K, w]
@@ -456,7 +455,8 @@ class ARQCritic(AutoregressiveCritic):
         tokens = self.target_net.action_tokens(next_hist.new_zeros(next_hist.shape[0], 0, self.net.start.shape[0]))
         q = self.target_net(next_hist, next_mask, tokens, last_only=True).amin(0).amax(-1).float()  # [N or B*K]
         if self.static_shapes:
-            return torch.where(mask, q.view(mask.shape), next_values), mask.clone()
+            return torch.where(mask, q.view(mask.shape), 0.0), mask.clone()
+        next_values = torch.zeros(mask.shape, dtype=torch.float32, device=states.device)
         next_values[mask] = q
         return next_values, mask.clone()
 

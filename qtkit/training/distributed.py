@@ -228,8 +228,7 @@ def leave(code: int, *, together: bool) -> NoReturn:
     finalisation: gloo's worker threads still alive at that point abort the process ("terminate called without an
     active exception", SIGABRT). ``benchmarks/gloo_exit.py`` on this machine: of pairs of ranks that simply
     returned after a few collectives with the group alive, 1 to 14 in 30 crashed (by run); of 120 ended by
-    ``leave`` (either way), none. Everything a rank writes
-    (checkpoint, metrics, summary) is closed before this point.
+    ``leave`` (either way), none. Everything a rank writes (checkpoint, metrics, summary) is closed before this point.
     """
     if together:
         try:
